@@ -1,0 +1,29 @@
+# `make train` and `make test` install into ./.venv first, only when it is missing or older
+# than requirements.txt / scripts/setup_venv.sh. Extra flags: make train ARGS="--seed 2".
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install train test bench bots clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt scripts/setup_venv.sh
+	bash scripts/setup_venv.sh
+	touch $@
+
+train: $(STAMP)
+	$(PY) mappo.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+bots: $(STAMP)
+	$(PY) -m pip install -r requirements-bots.txt
+
+clean:
+	rm -rf $(VENV)

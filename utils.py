@@ -1,0 +1,415 @@
+"""Environment plumbing shared by the algorithm scripts, and nothing algorithmic.
+
+- `import_meltingpot`: import Melting Pot without paying for TensorFlow.
+- `MeltingPotVecEnv`: `num_envs` substrates in worker processes, stepped in lockstep with
+  automatic reset; the players of all environments are the rows of one batch.
+- `ValueNorm`: running mean and variance of the value targets.
+- checkpoints: atomic save, load with a one-line error for a foreign checkpoint, RNG state.
+- `parse_args`: tyro, with a resumed run's saved flags as the defaults.
+"""
+
+import difflib
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import types
+from dataclasses import fields
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+SPRITE_SIZE = 8  # pixels per grid cell in every Melting Pot substrate
+
+
+# ---------------------------------------------------------------------------------------------
+# Melting Pot import
+
+
+class _TensorFlowStandIn(types.ModuleType):
+    """Stands in for `tensorflow` while Melting Pot is imported (only its bots use TensorFlow).
+
+    Melting Pot touches `tf.Tensor` and `tf.executing_eagerly()` at import time; anything else
+    raises AttributeError (never ImportError: that would break `import torch` later).
+    """
+
+    Tensor = object
+
+    @staticmethod
+    def executing_eagerly():
+        return True
+
+    def __getattr__(self, name):
+        raise AttributeError(
+            f"tensorflow.{name}: TensorFlow was not loaded (training does not need it); "
+            "Melting Pot's background bots need it: `make bots`, see README"
+        )
+
+
+def import_meltingpot(with_tensorflow: bool = False):
+    """Imports and returns the `meltingpot` package.
+
+    Plain `import meltingpot` imports TensorFlow (4-6 s, ~700 MB per process) for the bots.
+    Unless `with_tensorflow`, a stand-in takes TensorFlow's place during the import and is
+    removed afterwards, so the import costs ~0.7 s.
+    """
+    if "meltingpot.substrate" in sys.modules:
+        return sys.modules["meltingpot"]
+    if with_tensorflow or "tensorflow" in sys.modules:
+        import meltingpot
+
+        return meltingpot
+    sys.modules["tensorflow"] = _TensorFlowStandIn("tensorflow")
+    try:
+        import meltingpot
+    finally:
+        del sys.modules["tensorflow"]
+    return meltingpot
+
+
+def check_substrate(name: str) -> None:
+    """Exits with a one-line error unless `name` is a Melting Pot substrate."""
+    substrates = sorted(import_meltingpot().substrate.SUBSTRATES)
+    if name not in substrates:
+        close = difflib.get_close_matches(name, substrates, n=4, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}" if close else f"valid: {', '.join(substrates)}"
+        raise SystemExit(f"error: --substrate {name!r} is not a Melting Pot substrate; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations
+
+
+def downsample(frame: np.ndarray, factor: int = SPRITE_SIZE) -> np.ndarray:
+    """Averages each `factor` x `factor` block of an RGB frame (88x88 -> 11x11 for factor 8).
+
+    cv2's INTER_AREA at an integer factor is the exact block mean, rounded: ~16 us per frame
+    against ~220 us for the numpy reshape-mean.
+    """
+    h, w = frame.shape[:2]
+    return cv2.resize(frame, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+
+
+def permitted_keys(observation_spec) -> list[str]:
+    """The observation keys Melting Pot lets focal players see in scenarios, sorted, less RGB."""
+    permitted = import_meltingpot().scenario.PERMITTED_OBSERVATIONS
+    return sorted(k for k in observation_spec if k in permitted and k != "RGB")
+
+
+class _Substrate:
+    """One substrate inside a worker: numpy observations, a step limit and episode statistics."""
+
+    def __init__(self, name: str, downsample: bool, max_episode_steps: Optional[int]):
+        substrate = import_meltingpot().substrate
+        self.env = substrate.build(name, roles=substrate.get_config(name).default_player_roles)
+        self.downsample = downsample
+        self.max_episode_steps = max_episode_steps
+        spec = self.env.observation_spec()[0]
+        self.vector_keys = permitted_keys(spec)
+        self.num_players = len(self.env.action_spec())
+        self.num_actions = self.env.action_spec()[0].num_values
+
+    def _frame(self, frame):
+        return downsample(frame) if self.downsample else frame
+
+    def _observe(self, timestep):
+        rgb = np.stack([self._frame(o["RGB"]) for o in timestep.observation])
+        vector = np.stack([
+            np.concatenate([np.ravel(o[k]) for k in self.vector_keys]) if self.vector_keys else np.zeros(0)
+            for o in timestep.observation
+        ]).astype(np.float32)
+        world = self._frame(timestep.observation[0]["WORLD.RGB"])
+        return rgb, vector, world
+
+    def reset(self):
+        self.returns = np.zeros(self.num_players)
+        self.length = 0
+        return self._observe(self.env.reset())
+
+    def step(self, actions):
+        """Returns (rgb, vector, world, rewards, done, episode); on done, rgb/vector/world are the
+        first observation of the next episode and `episode` holds the finished one's statistics."""
+        timestep = self.env.step([int(a) for a in actions])
+        rewards = np.asarray(timestep.reward, dtype=np.float32)
+        self.returns += rewards
+        self.length += 1
+        done = timestep.last() or (self.max_episode_steps is not None and self.length >= self.max_episode_steps)
+        if not done:
+            return (*self._observe(timestep), rewards, False, None)
+        episode = {"returns": self.returns.copy(), "collective_return": float(self.returns.sum()), "length": self.length}
+        return (*self.reset(), rewards, True, episode)
+
+    def close(self):
+        self.env.close()
+
+
+def _worker(remote, parent_remote, substrate_name, num_envs, seed, downsample, max_episode_steps):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    parent_remote.close()
+    cv2.setNumThreads(1)
+    envs = []
+    try:
+        # Melting Pot's engine draws its seed from Python's `random` at every (re)build.
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        envs = [_Substrate(substrate_name, downsample, max_episode_steps) for _ in range(num_envs)]
+        spec = {
+            "num_players": envs[0].num_players,
+            "num_actions": envs[0].num_actions,
+            "vector_keys": envs[0].vector_keys,
+        }
+        remote.send(("ok", spec))
+        while True:
+            command, data = remote.recv()
+            if command == "reset":
+                remote.send(("ok", [env.reset() for env in envs]))
+            elif command == "step":
+                remote.send(("ok", [env.step(a) for env, a in zip(envs, data)]))
+            elif command == "close":
+                break
+    except (EOFError, BrokenPipeError):  # the main process is gone
+        pass
+    except Exception as e:  # report, in one line, to the main process
+        remote.send(("error", f"{type(e).__name__}: {e}".splitlines()[0]))
+    finally:
+        for env in envs:
+            env.close()
+        remote.close()
+
+
+class EnvWorkerError(SystemExit):
+    """An environment worker died. A SystemExit, so an uncaught one ends the run with its
+    one-line message and exit status 1 instead of a traceback."""
+
+
+class MeltingPotVecEnv:
+    """`num_envs` copies of a substrate in `num_workers` processes, stepped in lockstep.
+
+    Rows of every per-player array are `env * num_players + player`. Observations:
+      rgb    (num_envs * num_players, h, w, 3) uint8    the player's own view
+      vector (num_envs * num_players, d) float32        the other permitted keys, flattened
+      world  (num_envs, H, W, 3) uint8                  WORLD.RGB, for the centralised critic
+    RGB frames are downsampled by the sprite size inside the workers unless `downsample=False`.
+    """
+
+    def __init__(self, substrate: str, num_envs: int, seed: int, num_workers: Optional[int] = None,
+                 downsample: bool = True, max_episode_steps: Optional[int] = None):
+        check_substrate(substrate)
+        self.substrate = substrate
+        self.num_envs = num_envs
+        num_workers = min(num_envs, num_workers or os.cpu_count() or 1)
+        self.envs_per_worker = [len(s) for s in np.array_split(np.arange(num_envs), num_workers)]
+        worker_seeds = np.random.SeedSequence(seed).generate_state(num_workers, dtype=np.uint64)
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        self.remotes, self.processes = [], []
+        for i, n in enumerate(self.envs_per_worker):
+            remote, worker_remote = ctx.Pipe()
+            process = ctx.Process(
+                target=_worker, daemon=True, name=f"meltingpot-worker-{i}",
+                args=(worker_remote, remote, substrate, n, int(worker_seeds[i]), downsample, max_episode_steps),
+            )
+            process.start()
+            worker_remote.close()
+            self.remotes.append(remote)
+            self.processes.append(process)
+        self.closed = False
+        spec = self._receive()[0]
+        self.num_players = spec["num_players"]
+        self.num_actions = spec["num_actions"]
+        self.vector_keys = spec["vector_keys"]
+
+    def _receive(self):
+        results = []
+        for i, remote in enumerate(self.remotes):
+            try:
+                status, data = remote.recv()
+            except (EOFError, ConnectionResetError):
+                self.close()
+                code = self.processes[i].exitcode
+                raise EnvWorkerError(
+                    f"error: environment worker {i} (substrate {self.substrate}) died (exit code {code})"
+                ) from None
+            if status == "error":
+                self.close()
+                raise EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) crashed: {data}")
+            results.append(data)
+        return results
+
+    def _gather(self, per_worker):
+        per_env = [result for worker in per_worker for result in worker]
+        rgb = np.concatenate([r[0] for r in per_env])
+        vector = np.concatenate([r[1] for r in per_env])
+        world = np.stack([r[2] for r in per_env])
+        return per_env, {"rgb": rgb, "vector": vector, "world": world}
+
+    def reset(self) -> dict:
+        for remote in self.remotes:
+            remote.send(("reset", None))
+        self.obs = self._gather(self._receive())[1]
+        return self.obs
+
+    @property
+    def rgb_shape(self):
+        return self.obs["rgb"].shape[1:]
+
+    @property
+    def world_shape(self):
+        return self.obs["world"].shape[1:]
+
+    @property
+    def vector_dim(self):
+        return self.obs["vector"].shape[1]
+
+    def step(self, actions: np.ndarray):
+        """actions (num_envs * num_players,) -> obs, rewards (rows,), dones (rows,), episodes.
+
+        `episodes` lists the episodes that ended in this step, each a dict with `env`, `returns`
+        (one per player), `collective_return` and `length`; those environments have already
+        been reset, and `obs` holds their first observation.
+        """
+        actions = np.asarray(actions).reshape(self.num_envs, self.num_players)
+        start = 0
+        for remote, n in zip(self.remotes, self.envs_per_worker):
+            remote.send(("step", actions[start : start + n]))
+            start += n
+        per_env, self.obs = self._gather(self._receive())
+        rewards = np.concatenate([r[3] for r in per_env])
+        dones = np.repeat([r[4] for r in per_env], self.num_players)
+        episodes = [dict(env=e, **r[5]) for e, r in enumerate(per_env) if r[5] is not None]
+        return self.obs, rewards, dones, episodes
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        for remote in self.remotes:
+            try:
+                remote.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for remote in self.remotes:
+            remote.close()
+
+    def __del__(self):
+        if hasattr(self, "closed"):
+            self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Value normalisation
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of the value targets; the critic predicts normalised values.
+
+    MAPPO's value normalisation (Yu et al., 2022), with the exact running moments of every
+    target seen so far (Chan et al.'s parallel update) in place of MAPPO's debiased EMA
+    (beta 0.99999, which is nearly the same thing).
+    """
+
+    def __init__(self, epsilon: float = 1e-5):
+        super().__init__()
+        self.epsilon = epsilon
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        batch_mean, batch_var, batch_count = x.mean(), x.var(unbiased=False), x.numel()
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean.copy_(self.mean + delta * batch_count / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + self.epsilon)).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * torch.sqrt(self.var + self.epsilon) + self.mean).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and arguments
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Writes `state` to `path` atomically: a crash mid-write leaves the previous file intact."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, flag: str = "--resume") -> dict:
+    """Loads a checkpoint of this project, or exits with a one-line error naming `flag`."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {flag} {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise SystemExit(f"error: {flag} {path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or "algorithm" not in checkpoint:
+        raise SystemExit(f"error: {flag} {path} is not a checkpoint of this project")
+    return checkpoint
+
+
+def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_match=("substrate",)) -> None:
+    """Refuses, in one line, a checkpoint of another algorithm or with other `must_match` flags."""
+    if checkpoint["algorithm"] != algorithm:
+        raise SystemExit(
+            f"error: --resume {path} is a {checkpoint['algorithm']} checkpoint; "
+            f"this script resumes only {algorithm} checkpoints"
+        )
+    for name in must_match:
+        saved, given = checkpoint["args"][name], getattr(args, name)
+        if saved != given:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def parse_args(args_class):
+    """`tyro.cli(args_class)`; with `--resume PATH`, the flags saved in that checkpoint become
+    the defaults, so `--resume` alone continues a run and any flag given overrides its value."""
+    argv = sys.argv[1:]
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("--resume=")), None)
+    if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
+        resume = argv[argv.index("--resume") + 1]
+    if resume is None or any(a in ("-h", "--help") for a in argv):
+        return tyro.cli(args_class)
+    saved = load_checkpoint(resume)["args"]
+    names = {f.name for f in fields(args_class) if f.init}
+    default = args_class(**{k: v for k, v in saved.items() if k in names})
+    return tyro.cli(args_class, default=default)
