@@ -40,7 +40,7 @@ class Args:
     """path of a checkpoint to continue from; its run's flags become the defaults"""
 
     # Environment settings
-    substrate: str = "coins"
+    substrate: str = "prisoners_dilemma_in_the_matrix__repeated"
     """the Melting Pot substrate"""
     num_envs: int = 8
     """the number of parallel substrate instances"""
@@ -52,7 +52,7 @@ class Args:
     """end episodes after this many steps (default: the substrate's own episode length)"""
 
     # Algorithm specific arguments
-    total_timesteps: int = 3_000_000
+    total_timesteps: int = 1_000_000
     """total environment steps of the experiment (each step is one action for every player)"""
     learning_rate: float = 5e-4
     """the learning rate of the optimizer"""
@@ -291,7 +291,7 @@ if __name__ == "__main__":
             raise SystemExit("error: --track needs wandb: .venv/bin/pip install wandb") from None
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
-    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint else None)
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)  # drop logs past the checkpoint
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),

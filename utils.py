@@ -224,17 +224,25 @@ class MeltingPotVecEnv:
         self.num_actions = spec["num_actions"]
         self.vector_keys = spec["vector_keys"]
 
+    def _died(self, i):
+        self.close()
+        code = self.processes[i].exitcode
+        return EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) died (exit code {code})")
+
+    def _send(self, commands):
+        for i, (remote, command) in enumerate(zip(self.remotes, commands)):
+            try:
+                remote.send(command)
+            except (BrokenPipeError, ConnectionResetError):
+                raise self._died(i) from None
+
     def _receive(self):
         results = []
         for i, remote in enumerate(self.remotes):
             try:
                 status, data = remote.recv()
             except (EOFError, ConnectionResetError):
-                self.close()
-                code = self.processes[i].exitcode
-                raise EnvWorkerError(
-                    f"error: environment worker {i} (substrate {self.substrate}) died (exit code {code})"
-                ) from None
+                raise self._died(i) from None
             if status == "error":
                 self.close()
                 raise EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) crashed: {data}")
@@ -249,8 +257,7 @@ class MeltingPotVecEnv:
         return per_env, {"rgb": rgb, "vector": vector, "world": world}
 
     def reset(self) -> dict:
-        for remote in self.remotes:
-            remote.send(("reset", None))
+        self._send([("reset", None)] * len(self.remotes))
         self.obs = self._gather(self._receive())[1]
         return self.obs
 
@@ -274,10 +281,8 @@ class MeltingPotVecEnv:
         been reset, and `obs` holds their first observation.
         """
         actions = np.asarray(actions).reshape(self.num_envs, self.num_players)
-        start = 0
-        for remote, n in zip(self.remotes, self.envs_per_worker):
-            remote.send(("step", actions[start : start + n]))
-            start += n
+        bounds = np.cumsum([0, *self.envs_per_worker])
+        self._send([("step", actions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
         per_env, self.obs = self._gather(self._receive())
         rewards = np.concatenate([r[3] for r in per_env])
         dones = np.repeat([r[4] for r in per_env], self.num_players)

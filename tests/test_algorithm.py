@@ -1,0 +1,135 @@
+"""Pure-function tests of mappo.py's algorithm pieces and utils' numerics."""
+import numpy as np
+import pytest
+import torch
+
+import utils
+from mappo import Actor, Args, Critic, compute_gae
+
+
+def plain_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE for one row, written as the textbook sums over each episode's remaining steps."""
+    T = len(rewards)
+    values_ext = list(values) + [next_value]
+    # episode_start[t]: the observation at t begins a new episode
+    starts = list(dones) + [next_done]
+    advantages = []
+    for t in range(T):
+        total, weight = 0.0, 1.0
+        for k in range(t, T):
+            bootstrap = 0.0 if starts[k + 1] else gamma * values_ext[k + 1]
+            total += weight * (rewards[k] + bootstrap - values_ext[k])
+            if starts[k + 1]:
+                break
+            weight *= gamma * lam
+        advantages.append(total)
+    return np.array(advantages)
+
+
+def test_gae_matches_plain_sums():
+    rng = np.random.default_rng(0)
+    T, B = 12, 3
+    rewards = rng.normal(size=(T, B))
+    values = rng.normal(size=(T, B))
+    dones = (rng.random((T, B)) < 0.2).astype(float)
+    next_value, next_done = rng.normal(size=B), np.array([0.0, 1.0, 0.0])
+    adv, ret = compute_gae(*(torch.tensor(x) for x in (rewards, values, dones, next_value, next_done)), 0.9, 0.8)
+    for b in range(B):
+        expected = plain_gae(rewards[:, b], values[:, b], dones[:, b], next_value[b], next_done[b], 0.9, 0.8)
+        np.testing.assert_allclose(adv[:, b].numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(ret.numpy(), adv.numpy() + values)
+
+
+class FakeEnvs:
+    rgb_shape, world_shape, vector_dim, num_actions, num_players = (5, 5, 3), (6, 9, 3), 2, 8, 2
+
+
+def make_nets(hidden=16):
+    torch.manual_seed(0)
+    args = Args(hidden_size=hidden)
+    return Actor(FakeEnvs, args), Critic(FakeEnvs, args)
+
+
+def test_lstm_stretches_equal_step_by_step_loop():
+    actor, _ = make_nets()
+    T, B = 10, 4
+    rgb = torch.randint(0, 256, (T * B, 5, 5, 3), dtype=torch.uint8)
+    vector = torch.randn(T * B, 2)
+    done = torch.zeros(T, B)
+    done[0, 1] = done[3, 0] = done[3, 2] = done[7, 3] = 1
+    state = (torch.randn(1, B, 16), torch.randn(1, B, 16))
+    out, (h, c) = actor.get_states(rgb, vector, state, done.flatten())
+
+    # CleanRL's reference: one LSTM step at a time, state zeroed where an episode starts
+    hidden = actor.torso(torch.cat([actor.cnn(rgb.permute(0, 3, 1, 2).float() / 255), vector], 1)).reshape(T, B, -1)
+    ref_h, ref_c, ref_out = state[0], state[1], []
+    for t in range(T):
+        keep = (1 - done[t]).view(1, -1, 1)
+        o, (ref_h, ref_c) = actor.lstm(hidden[t : t + 1], (keep * ref_h, keep * ref_c))
+        ref_out.append(o)
+    torch.testing.assert_close(out, torch.cat(ref_out).flatten(0, 1))
+    torch.testing.assert_close(h, ref_h)
+    torch.testing.assert_close(c, ref_c)
+
+
+def test_actor_policy_shapes_and_done_resets_memory():
+    actor, critic = make_nets()
+    rgb = torch.randint(0, 256, (4, 5, 5, 3), dtype=torch.uint8)
+    vector = torch.randn(4, 2)
+    state = (torch.randn(1, 4, 16), torch.randn(1, 4, 16))
+    action, logprob, entropy, logits, _ = actor.get_action(rgb, vector, state, torch.zeros(4))
+    assert action.shape == logprob.shape == entropy.shape == (4,) and logits.shape == (4, 8)
+    # with done=1 the carried state is ignored: same output as from a zero state
+    _, _, _, logits_done, _ = actor.get_action(rgb, vector, state, torch.ones(4))
+    _, _, _, logits_zero, _ = actor.get_action(rgb, vector, actor.initial_state(4, "cpu"), torch.zeros(4))
+    torch.testing.assert_close(logits_done, logits_zero)
+    assert not torch.allclose(logits, logits_zero)
+
+
+def test_critic_sees_world_and_player_index():
+    _, critic = make_nets()
+    world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (1, 5, 5, 3), dtype=torch.uint8).repeat(2, 1, 1, 1)
+    vector = torch.zeros(2, 2)
+    values = critic.get_value(world, rgb, vector)
+    assert values.shape == (2,)
+    assert values[0] != values[1], "same observation in two slots must be told apart by the one-hot index"
+    other_world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
+    assert not torch.allclose(values, critic.get_value(other_world, rgb, vector))
+
+
+def test_value_norm_matches_numpy_statistics():
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(3.0, 2.0, size=n) for n in (7, 100, 1, 33)]
+    norm = utils.ValueNorm()
+    for batch in batches:
+        norm.update(torch.tensor(batch))
+    data = np.concatenate(batches)
+    assert norm.mean.item() == pytest.approx(data.mean(), rel=1e-12)
+    assert norm.var.item() == pytest.approx(data.var(), rel=1e-12)
+    x = torch.tensor([0.5, 4.0])
+    expected = (x.numpy() - data.mean()) / np.sqrt(data.var() + norm.epsilon)
+    np.testing.assert_allclose(norm.normalize(x).numpy(), expected, rtol=1e-6)
+    torch.testing.assert_close(norm.denormalize(norm.normalize(x)), x)
+
+
+def test_downsample_is_the_8x8_mean_within_rounding():
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, size=(88, 40, 3), dtype=np.uint8)
+    small = utils.downsample(frame)
+    exact = frame.reshape(11, 8, 5, 8, 3).mean(axis=(1, 3))
+    assert small.shape == (11, 5, 3) and small.dtype == np.uint8
+    assert np.abs(small.astype(float) - exact).max() <= 0.5 + 1e-9
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    utils.save_checkpoint(str(path), {"algorithm": "mappo", "x": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        utils.save_checkpoint(str(path), {"algorithm": "mappo", "x": 2})
+    assert utils.load_checkpoint(str(path))["x"] == 1, "a failed write must leave the previous checkpoint"

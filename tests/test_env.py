@@ -1,0 +1,134 @@
+"""MeltingPotVecEnv against real substrates."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import utils
+from conftest import ROOT, spawned_workers
+
+
+@pytest.mark.parametrize(
+    "substrate, players, rgb, world",
+    [
+        ("prisoners_dilemma_in_the_matrix__repeated", 2, (5, 5, 3), (15, 23, 3)),  # 40x40 view
+        ("clean_up", 7, (11, 11, 3), (21, 30, 3)),  # 88x88 view
+    ],
+)
+def test_batch_shapes_and_keys(substrate, players, rgb, world):
+    envs = utils.MeltingPotVecEnv(substrate, num_envs=2, seed=0, num_workers=2)
+    try:
+        obs = envs.reset()
+        assert envs.num_players == players
+        assert set(obs) == {"rgb", "vector", "world"}
+        assert obs["rgb"].shape == (2 * players, *rgb) and obs["rgb"].dtype == np.uint8
+        assert obs["world"].shape == (2, *world) and obs["world"].dtype == np.uint8
+        # the actor's inputs hold only what Melting Pot permits focal players, never the world
+        permitted = utils.import_meltingpot().scenario.PERMITTED_OBSERVATIONS
+        assert envs.vector_keys and set(envs.vector_keys) <= permitted - {"RGB"}
+        assert "WORLD.RGB" not in envs.vector_keys
+        assert obs["vector"].shape == (2 * players, envs.vector_dim) and obs["vector"].dtype == np.float32
+        obs, rewards, dones, episodes = envs.step(np.zeros(2 * players, dtype=int))
+        assert rewards.shape == dones.shape == (2 * players,)
+        assert obs["rgb"].shape == (2 * players, *rgb)
+    finally:
+        envs.close()
+
+
+def test_full_resolution_flag():
+    envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", 1, seed=0, downsample=False)
+    try:
+        obs = envs.reset()
+        assert obs["rgb"].shape == (2, 40, 40, 3) and obs["world"].shape == (1, 120, 184, 3)
+    finally:
+        envs.close()
+
+
+def test_automatic_reset_and_episode_statistics():
+    envs = utils.MeltingPotVecEnv("coins", num_envs=3, seed=3, num_workers=2, max_episode_steps=10)
+    rng = np.random.default_rng(0)
+    try:
+        envs.reset()
+        running = np.zeros(6)
+        seen = []
+        for t in range(1, 26):
+            obs, rewards, dones, episodes = envs.step(rng.integers(0, envs.num_actions, size=6))
+            running += rewards
+            assert dones.all() == (t % 10 == 0) and dones.any() == (t % 10 == 0)
+            for episode in episodes:
+                e = episode["env"]
+                assert episode["length"] == 10
+                np.testing.assert_allclose(episode["returns"], running[2 * e : 2 * e + 2], rtol=1e-6)
+                assert episode["collective_return"] == pytest.approx(running[2 * e : 2 * e + 2].sum(), rel=1e-6)
+                seen.append((t, e))
+            running[dones] = 0
+        assert seen == [(10, 0), (10, 1), (10, 2), (20, 0), (20, 1), (20, 2)]
+    finally:
+        envs.close()
+
+
+def rollout(seed, steps=40):
+    # prisoners_dilemma is bit-reproducible; coins and clean_up are not, whatever the seed (README)
+    envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", num_envs=2, seed=seed, num_workers=2)
+    try:
+        frames = [envs.reset()["world"]]
+        for t in range(steps):
+            frames.append(envs.step(np.full(4, t % envs.num_actions))[0]["world"])
+        return np.stack(frames)
+    finally:
+        envs.close()
+
+
+def test_same_seed_same_episodes():
+    a, b, c = rollout(5), rollout(5), rollout(6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_dead_worker_stops_with_one_line_naming_it():
+    envs = utils.MeltingPotVecEnv("coins", num_envs=2, seed=0, num_workers=2)
+    envs.reset()
+    os.kill(envs.processes[1].pid, signal.SIGKILL)
+    envs.processes[1].join()
+    with pytest.raises(utils.EnvWorkerError) as error:
+        envs.step(np.zeros(4, dtype=int))
+    message = str(error.value)
+    assert "worker 1" in message and "coins" in message and "\n" not in message
+    assert not any(p.is_alive() for p in envs.processes)
+
+
+def test_crashing_worker_reports_its_error(monkeypatch):
+    envs = utils.MeltingPotVecEnv("coins", num_envs=2, seed=0, num_workers=2)
+    envs.reset()
+    with pytest.raises(utils.EnvWorkerError) as error:
+        envs.step(np.full(4, 99))  # an action outside the action set makes the engine raise
+    assert "worker 0" in str(error.value) and "coins" in str(error.value)
+    assert not any(p.is_alive() for p in envs.processes)
+
+
+def test_no_workers_remain_after_close_or_exception():
+    before = spawned_workers()
+    code = (
+        "import numpy as np, utils\n"
+        "if __name__ == '__main__':\n"
+        "    envs = utils.MeltingPotVecEnv('coins', num_envs=2, seed=0, num_workers=2)\n"
+        "    envs.reset()\n"
+        "    raise RuntimeError('boom')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "boom" in result.stderr
+    assert spawned_workers() - before == set()
+
+
+def test_lean_import_skips_tensorflow_and_keeps_torch_importable():
+    code = (
+        "import sys, utils\n"
+        "mp = utils.import_meltingpot()\n"
+        "assert 'tensorflow' not in sys.modules, 'stand-in left behind'\n"
+        "import torch\n"
+        "assert 'coins' in mp.substrate.SUBSTRATES\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -1,0 +1,112 @@
+"""mappo.py end to end, in subprocesses with tiny sizes."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_script, spawned_workers
+
+
+def scalars(run_dir):
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def only_run_dir(cwd):
+    (run_dir,) = glob.glob(f"{cwd}/runs/*")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
+    before = spawned_workers()
+    result = run_script("mappo.py", *tiny_flags, "--total-timesteps", "96", "--checkpoint-every", "1", cwd=tmp_path)
+    assert "iter 3/3" in result.stdout and "SPS" in result.stdout and "ETA" in result.stdout
+    run_dir = only_run_dir(tmp_path)
+    logged = scalars(run_dir)
+    for tag in ["charts/episodic_return", "charts/collective_return", "players/episodic_return_1",
+                "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "charts/SPS"]:
+        assert tag in logged, tag
+    assert logged["losses/value_loss"][-1][0] == 96
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert checkpoint["algorithm"] == "mappo" and checkpoint["iteration"] == 3 and checkpoint["global_step"] == 96
+    assert checkpoint["substrate"] == "prisoners_dilemma_in_the_matrix__repeated"
+    assert set(checkpoint) >= {"actor", "critic", "optimizer", "value_norm", "rng", "args"}
+    assert not os.path.exists(f"{run_dir}/checkpoint.pt.tmp")
+
+    # --resume alone continues the same run: same directory, global step and flags
+    result = run_script("mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160", cwd=tmp_path)
+    assert "iter 4/5" in result.stdout and only_run_dir(tmp_path) == run_dir
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 5 and checkpoint["global_step"] == 160
+    assert checkpoint["args"]["hidden_size"] == 32, "the resumed run keeps its saved flags"
+    steps = [step for step, _ in scalars(run_dir)["losses/value_loss"]]
+    assert steps == [32, 64, 96, 128, 160]
+    assert spawned_workers() - before == set(), "environment workers outlived the run"
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_leaves_no_workers(tmp_path, tiny_flags):
+    before = spawned_workers()
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "mappo.py"), *tiny_flags, "--total-timesteps", "100000",
+         "--checkpoint-every", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    for line in process.stdout:  # wait until training is under way
+        if line.startswith("iter 1/"):
+            break
+    time.sleep(1)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "Traceback" not in stderr and "interrupted: checkpoint of iteration" in stderr
+    checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] >= 1 and checkpoint["global_step"] == checkpoint["iteration"] * 32
+    time.sleep(1)
+    assert spawned_workers() - before == set()
+
+
+def error_line(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--substrate", "prisoners_dilema"], "prisoners_dilemma_in_the_matrix__repeated"),
+        (["--num-envs", "0"], "--num-envs must be at least 1"),
+        (["--num-envs", "6", "--num-minibatches", "4"], "--num-envs 6 must be a multiple of --num-minibatches 4"),
+        (["--total-timesteps", "10"], "less than one rollout"),
+        (["--resume", "nowhere.pt"], "--resume nowhere.pt: no such file"),
+    ],
+)
+def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
+    line = error_line(run_script("mappo.py", *flags, cwd=tmp_path, check=False))
+    assert expected in line and line.startswith("error:")
+
+
+def test_foreign_checkpoints_are_refused(tmp_path):
+    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "args": {"substrate": "coins"}}
+    torch.save(saved, tmp_path / "coins.pt")
+    line = error_line(run_script("mappo.py", "--resume", "coins.pt", "--substrate", "clean_up", cwd=tmp_path, check=False))
+    assert line == "error: --resume coins.pt was trained with --substrate coins, not clean_up"
+
+    torch.save(dict(saved, algorithm="bidist_mappo"), tmp_path / "bidist.pt")
+    line = error_line(run_script("mappo.py", "--resume", "bidist.pt", cwd=tmp_path, check=False))
+    assert "is a bidist_mappo checkpoint; this script resumes only mappo checkpoints" in line
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    line = error_line(run_script("mappo.py", "--resume", "junk.pt", cwd=tmp_path, check=False))
+    assert "--resume junk.pt is not a readable checkpoint" in line
