@@ -40,7 +40,7 @@ class Args:
     """path of a checkpoint to continue from; its run's flags become the defaults"""
 
     # Environment settings
-    substrate: str = "prisoners_dilemma_in_the_matrix__repeated"
+    substrate: str = "pure_coordination_in_the_matrix__repeated"
     """the Melting Pot substrate"""
     num_envs: int = 8
     """the number of parallel substrate instances"""
@@ -325,9 +325,10 @@ if __name__ == "__main__":
     next_world = torch.tensor(next_obs["world"]).to(device)
     next_done = torch.zeros(num_rows).to(device)
     next_lstm_state = actor.initial_state(num_rows, device)
-    iteration = start_iteration - 1
+    iteration, iteration_start_step = start_iteration, global_step
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
+            iteration_start_step = global_step
             initial_lstm_state = (next_lstm_state[0].clone(), next_lstm_state[1].clone())
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
@@ -454,7 +455,7 @@ if __name__ == "__main__":
                 save(iteration)
     except KeyboardInterrupt:
         # The iteration in progress is lost; the weights are those after the last full update.
-        global_step = (iteration - 1) * args.num_envs * args.num_steps
+        global_step = iteration_start_step
         save(iteration - 1)
         raise SystemExit(f"interrupted: checkpoint of iteration {iteration - 1} saved; continue with --resume {checkpoint_path}")
     finally:

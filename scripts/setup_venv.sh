@@ -13,7 +13,6 @@ ASSETS_TARBALL=meltingpot-assets-2.3.0.tar.gz   # the name dm-meltingpot's build
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else
   "error: Melting Pot needs Python >= 3.11, found %s; run with PYTHON=python3.11 make ..." % sys.version.split()[0])'
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
 
 if "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('dm-meltingpot') != '$MELTINGPOT_VERSION')" 2>/dev/null; then

@@ -37,7 +37,7 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
     assert logged["losses/value_loss"][-1][0] == 96
     checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
     assert checkpoint["algorithm"] == "mappo" and checkpoint["iteration"] == 3 and checkpoint["global_step"] == 96
-    assert checkpoint["substrate"] == "prisoners_dilemma_in_the_matrix__repeated"
+    assert checkpoint["substrate"] == "pure_coordination_in_the_matrix__repeated"  # the default
     assert set(checkpoint) >= {"actor", "critic", "optimizer", "value_norm", "rng", "args"}
     assert not os.path.exists(f"{run_dir}/checkpoint.pt.tmp")
 
