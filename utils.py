@@ -224,17 +224,19 @@ class MeltingPotVecEnv:
         self.num_actions = spec["num_actions"]
         self.vector_keys = spec["vector_keys"]
 
-    def _died(self, i):
+    def _failed(self, i, reason=None):
+        """Closes every worker and returns the one-line error for worker `i` (default reason: it
+        died, with the exit code that only a joined process has)."""
         self.close()
-        code = self.processes[i].exitcode
-        return EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) died (exit code {code})")
+        reason = reason or f"died (exit code {self.processes[i].exitcode})"
+        return EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) {reason}")
 
     def _send(self, commands):
         for i, (remote, command) in enumerate(zip(self.remotes, commands)):
             try:
                 remote.send(command)
             except (BrokenPipeError, ConnectionResetError):
-                raise self._died(i) from None
+                raise self._failed(i) from None
 
     def _receive(self):
         results = []
@@ -242,10 +244,9 @@ class MeltingPotVecEnv:
             try:
                 status, data = remote.recv()
             except (EOFError, ConnectionResetError):
-                raise self._died(i) from None
+                raise self._failed(i) from None
             if status == "error":
-                self.close()
-                raise EnvWorkerError(f"error: environment worker {i} (substrate {self.substrate}) crashed: {data}")
+                raise self._failed(i, f"crashed: {data}")
             results.append(data)
         return results
 

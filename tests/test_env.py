@@ -100,7 +100,7 @@ def test_dead_worker_stops_with_one_line_naming_it():
     assert not any(p.is_alive() for p in envs.processes)
 
 
-def test_crashing_worker_reports_its_error(monkeypatch):
+def test_crashing_worker_reports_its_error():
     envs = utils.MeltingPotVecEnv("coins", num_envs=2, seed=0, num_workers=2)
     envs.reset()
     with pytest.raises(utils.EnvWorkerError) as error:
