@@ -235,6 +235,40 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages, advantages + values
 
 
+def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, args):
+    """CleanRL's PPO loss for one minibatch: clipped surrogate, clipped value loss (values and
+    targets in ValueNorm's normalised units) and entropy bonus. Returns the loss and its parts."""
+    logratio = newlogprob - logprob
+    ratio = logratio.exp()
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - target) ** 2
+        v_clipped = value + torch.clamp(newvalue - value, -args.clip_coef, args.clip_coef)
+        v_loss_clipped = (v_clipped - target) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - target) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy_loss, "old_approx_kl": old_approx_kl,
+                  "approx_kl": approx_kl, "clipfrac": clipfrac}
+
+
 def format_eta(seconds):
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
@@ -388,44 +422,18 @@ if __name__ == "__main__":
                         actions[:, mb_rows].flatten(),
                     )
                     newvalue = critic.get_value(obs_world[:, mb_envs].flatten(0, 1), mb_rgb, mb_vector)
-                    logratio = newlogprob - logprobs[:, mb_rows].flatten()
-                    ratio = logratio.exp()
-
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                    mb_advantages = advantages[:, mb_rows].flatten()
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                    # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                    # Value loss, in normalised units
-                    mb_targets = value_norm.normalize(returns[:, mb_rows].flatten())
-                    mb_values = values[:, mb_rows].flatten()
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - mb_targets) ** 2
-                        v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
-                        v_loss_clipped = (v_clipped - mb_targets) ** 2
-                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - mb_targets) ** 2).mean()
-
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                    loss, stats = ppo_loss(
+                        newlogprob, entropy, newvalue, logprobs[:, mb_rows].flatten(), advantages[:, mb_rows].flatten(),
+                        values[:, mb_rows].flatten(), value_norm.normalize(returns[:, mb_rows].flatten()), args,
+                    )
+                    clipfracs.append(stats["clipfrac"].item())
 
                     optimizer.zero_grad()
                     loss.backward()
                     nn.utils.clip_grad_norm_([*actor.parameters(), *critic.parameters()], args.max_grad_norm)
                     optimizer.step()
 
-                if args.target_kl is not None and approx_kl > args.target_kl:
+                if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                     break
 
             y_pred = values.flatten().cpu().numpy()
@@ -436,11 +444,11 @@ if __name__ == "__main__":
             # TRY NOT TO MODIFY: record rewards for plotting purposes
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/value_loss", stats["v_loss"].item(), global_step)
+            writer.add_scalar("losses/policy_loss", stats["pg_loss"].item(), global_step)
+            writer.add_scalar("losses/entropy", stats["entropy"].item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", stats["old_approx_kl"].item(), global_step)
+            writer.add_scalar("losses/approx_kl", stats["approx_kl"].item(), global_step)
             writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
@@ -450,7 +458,7 @@ if __name__ == "__main__":
                 mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
                 print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
                       f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} | "
-                      f"entropy {entropy_loss.item():.2f} | value_loss {v_loss.item():.3f}", flush=True)
+                      f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
             if args.checkpoint_every and iteration % args.checkpoint_every == 0:
                 save(iteration)
     except KeyboardInterrupt:
