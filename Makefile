@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test bench bots clean
+.PHONY: install train train-mappo test bench bots clean
 
 install: $(STAMP)
 
@@ -14,6 +14,9 @@ $(STAMP): requirements.txt scripts/setup_venv.sh
 	touch $@
 
 train: $(STAMP)
+	$(PY) bidist_mappo.py $(ARGS)
+
+train-mappo: $(STAMP)
 	$(PY) mappo.py $(ARGS)
 
 test: $(STAMP)

@@ -1,12 +1,14 @@
-"""Throughput of the vectorised Melting Pot environment and of mappo.py, measured in one run.
+"""Throughput of the vectorised Melting Pot environment, mappo.py and bidist_mappo.py, in one run.
 
     python benchmarks/throughput.py                       # the README's table
     python benchmarks/throughput.py --substrate clean_up --num-envs 8
 
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner);
-2. mappo.py: a short training run in a subprocess (its own SPS, start-up excluded).
-Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each
-row to the raw environment, and the peak memory (sum of PSS over the process and its workers).
+2. mappo.py and 3. bidist_mappo.py (default --p 0.5 --kd 10): short training runs in subprocesses
+   with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases).
+Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
+the raw environment and to mappo.py (BiDist's overhead), and the peak memory (sum of PSS over the
+process and its workers).
 """
 
 import os
@@ -35,7 +37,7 @@ class Args:
     raw_steps: int = 1000
     """steps of every environment for the raw measurement"""
     train_iterations: int = 30
-    """iterations (of num_envs x 128 env steps) of the mappo.py measurement"""
+    """iterations (of num_envs x 128 env steps) of each training measurement"""
     seed: int = 1
     """seed of both measurements"""
 
@@ -98,10 +100,10 @@ def raw_throughput(args):
     return args.raw_steps * args.num_envs / seconds, envs.num_players, memory.stop()
 
 
-def training_throughput(args):
+def training_throughput(script, args):
     with tempfile.TemporaryDirectory() as tmp:
         process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "mappo.py"), "--substrate", args.substrate,
+            [sys.executable, os.path.join(ROOT, script), "--substrate", args.substrate,
              "--num-envs", str(args.num_envs), "--seed", str(args.seed),
              "--total-timesteps", str(args.train_iterations * args.num_envs * 128), "--num-steps", "128",
              "--no-save-model", "--checkpoint-every", "0", "--exp-name", "benchmark"],
@@ -111,7 +113,7 @@ def training_throughput(args):
         output, errors = process.communicate()
         peak = memory.stop()
     if process.returncode != 0:
-        raise SystemExit(f"error: mappo.py failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
+        raise SystemExit(f"error: {script} failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
     sps = int(re.findall(r"SPS ([\d,]+)", output)[-1].replace(",", ""))
     return sps, peak
 
@@ -120,10 +122,13 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
     raw_sps, players, raw_memory = raw_throughput(args)
-    train_sps, train_memory = training_throughput(args)
+    mappo_sps, mappo_memory = training_throughput("mappo.py", args)
+    bidist_sps, bidist_memory = training_throughput("bidist_mappo.py", args)
     print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores\n")
-    print("| measurement | env steps/s | agent steps/s | ratio to raw env | peak memory |")
-    print("|---|---|---|---|---|")
+    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | peak memory |")
+    print("|---|---|---|---|---|---|")
     for name, sps, memory in [("raw env, random actions", raw_sps, raw_memory),
-                              ("mappo.py training", train_sps, train_memory)]:
-        print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {memory / 2**20:,.0f} MiB |")
+                              ("mappo.py training", mappo_sps, mappo_memory),
+                              ("bidist_mappo.py training", bidist_sps, bidist_memory)]:
+        print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
+              f"| {memory / 2**20:,.0f} MiB |")

@@ -1,0 +1,203 @@
+"""Pure-function tests of what bidist_mappo.py adds to MAPPO: distillation losses, the mixed-play
+mask, mixed action selection, the masked PPO loss and the phase schedule."""
+import math
+from itertools import product
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bidist_mappo import (Actor, Args, compute_gae, distill, forward_distillation_loss, kl_divergence,
+                          mixed_action, ppo_loss, reverse_distillation_loss, sample_mask, scheduled_phase)
+from test_algorithm import FakeEnvs
+
+
+def hand_kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def test_kl_matches_a_hand_computation():
+    hist = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]])
+    phi = torch.tensor([[0.25, 0.25, 0.5], [0.3, 0.3, 0.4]])
+    kl = kl_divergence(hist.log(), phi.log() + 7.0)  # logits are defined up to a constant
+    expected = [hand_kl(hist[i].tolist(), phi[i].tolist()) for i in range(2)]
+    np.testing.assert_allclose(kl.numpy(), expected, rtol=1e-6)
+    # 0.5 ln 2 + 0.25 ln 1 + 0.25 ln 0.5 = 0.25 ln 2
+    assert kl[0].item() == pytest.approx(0.25 * math.log(2), rel=1e-6)
+
+
+def test_forward_loss_is_zero_at_the_target_and_a_step_lowers_the_kl():
+    hist = torch.randn(6, 5)
+    assert forward_distillation_loss(hist, hist.clone(), eta_f=2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+    phi = torch.randn(6, 5, requires_grad=True)
+    loss = forward_distillation_loss(hist, phi, eta_f=2.0)
+    assert loss.item() == pytest.approx(2.0 * kl_divergence(hist, phi).mean().item(), rel=1e-6)
+    loss.backward()
+    with torch.no_grad():
+        stepped = phi - 0.1 * phi.grad
+    assert kl_divergence(hist, stepped).mean() < kl_divergence(hist, phi).mean()
+
+
+def test_reverse_loss_raises_the_kl_below_the_cap_and_ignores_samples_above():
+    hist = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.98, 0.01, 0.01]]))
+    phi = torch.log(torch.tensor([[0.4, 0.3, 0.3], [0.01, 0.01, 0.98]])).requires_grad_()
+    kl = [hand_kl([0.5, 0.25, 0.25], [0.4, 0.3, 0.3]), hand_kl([0.98, 0.01, 0.01], [0.01, 0.01, 0.98])]
+    assert kl[0] < 1.0 < kl[1]
+    loss = reverse_distillation_loss(hist, phi, eta_r=3.0, kl_cap=1.0)
+    assert loss.item() == pytest.approx(-3.0 * (kl[0] + 1.0) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.all(phi.grad[1] == 0), "a sample past the cap must give no gradient"
+    assert phi.grad[0].abs().sum() > 0
+    with torch.no_grad():
+        stepped = phi - 0.1 * phi.grad
+    assert kl_divergence(hist[:1], stepped[:1]).item() > kl[0], "a gradient step must raise the KL"
+
+
+def test_mask_keeps_a_trained_slot_in_every_environment():
+    np.random.seed(0)
+    for players in (1, 2, 7):
+        mask = sample_mask(5000, players, p=0.9)
+        assert mask.shape == (5000, players) and mask.dtype == bool
+        assert not mask.all(axis=1).any()
+    assert not sample_mask(1000, 4, p=0.0).any()
+    assert (sample_mask(1000, 4, p=1.0).sum(axis=1) == 3).all()
+
+
+@pytest.mark.parametrize("players, p", [(2, 0.5), (7, 0.5), (3, 0.9)])
+def test_mask_fraction_matches_p_after_the_correction(players, p):
+    # Exact law of one environment's fictitious count: Binomial(players, p), with `players` mapped
+    # to players - 1 by the correction. Expectation and variance by enumeration.
+    law = {}
+    for k in range(players + 1):
+        probability = math.comb(players, k) * p**k * (1 - p) ** (players - k)
+        count = min(k, players - 1)
+        law[count] = law.get(count, 0.0) + probability
+    mean = sum(c * q for c, q in law.items()) / players
+    std = math.sqrt(sum((c / players - mean) ** 2 * q for c, q in law.items()))
+    num_envs = 200_000
+    np.random.seed(1)
+    fraction = sample_mask(num_envs, players, p).mean()
+    # |Z| > 5 has probability 5.7e-7: this cannot fail by chance more than once in a million runs
+    assert abs(fraction - mean) < 5 * std / math.sqrt(num_envs)
+    assert mean < p  # the correction makes the realised fraction a little less than p
+
+
+def make_actor(seed, hidden=16):
+    torch.manual_seed(seed)
+    return Actor(FakeEnvs, Args(hidden_size=hidden))
+
+
+def rollout_inputs(rows):
+    rgb = torch.randint(0, 256, (rows, 5, 5, 3), dtype=torch.uint8)
+    return rgb, torch.randn(rows, 2), torch.zeros(rows)
+
+
+class Untouchable(torch.nn.Module):
+    def get_action(self, *args, **kwargs):
+        raise AssertionError("phi must not be run when no slot is fictitious")
+
+
+def test_p_zero_never_uses_phi():
+    np.random.seed(2)
+    actor, rows = make_actor(0), 6
+    fictitious = torch.tensor(sample_mask(3, 2, p=0.0).ravel())
+    rgb, vector, done = rollout_inputs(rows)
+    state = actor.initial_state(rows, "cpu")
+    torch.manual_seed(5)
+    action, logprob, logits, _, phi_state = mixed_action(actor, Untouchable(), fictitious, rgb, vector, state, state, done)
+    torch.manual_seed(5)
+    expected, expected_logprob, _, expected_logits, _ = actor.get_action(rgb, vector, state, done)
+    assert torch.equal(action, expected) and torch.equal(logits, expected_logits)
+    assert phi_state is state
+
+
+def test_fictitious_rows_act_with_phi_and_keep_theta_logits():
+    theta, phi, rows = make_actor(0), make_actor(1), 4
+    with torch.no_grad():  # make both policies deterministic and different: theta always 1, phi always 6
+        theta.policy.bias.copy_(torch.tensor([0, 50.0, 0, 0, 0, 0, 0, 0]))
+        phi.policy.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 50.0, 0]))
+    fictitious = torch.tensor([False, True, True, False])
+    rgb, vector, done = rollout_inputs(rows)
+    state = theta.initial_state(rows, "cpu")
+    action, _, logits, _, _ = mixed_action(theta, phi, fictitious, rgb, vector, state, state, done)
+    assert action.tolist() == [1, 6, 6, 1]
+    assert (logits.argmax(dim=1) == 1).all(), "recorded logits are theta's on every row"
+
+
+def test_ppo_ignores_fictitious_slots():
+    """Rewards and actions recorded for fictitious slots do not change theta's loss or gradient."""
+    T, E, P = 8, 2, 3
+    rows = E * P
+    torch.manual_seed(0)
+    actor = make_actor(0)
+    args = SimpleNamespace(clip_coef=0.2, norm_adv=True, clip_vloss=True, ent_coef=0.01, vf_coef=0.5)
+    trained = torch.tensor([True, False, True, False, True, True])
+    rgb, vector = torch.randint(0, 256, (T * rows, 5, 5, 3), dtype=torch.uint8), torch.randn(T * rows, 2)
+    dones = torch.zeros(T, rows)
+    dones[4, 1] = dones[5, 2] = 1
+    values, logprobs = torch.randn(T, rows), torch.randn(T, rows) - 2.0
+    rewards, actions = torch.randn(T, rows), torch.randint(0, 8, (T, rows))
+
+    def loss_and_grad(rewards, actions):
+        advantages, returns = compute_gae(rewards, values, dones, torch.zeros(rows), torch.zeros(rows), 0.99, 0.95)
+        _, newlogprob, entropy, _, _ = actor.get_action(rgb, vector, actor.initial_state(rows, "cpu"),
+                                                        dones.flatten(), actions.flatten())
+        newvalue = values.flatten() + 0.3  # stands in for the critic's output
+        actor.zero_grad()
+        loss, _ = ppo_loss(newlogprob, entropy, newvalue, logprobs.flatten(), advantages.flatten(),
+                           values.flatten(), returns.flatten(), trained.repeat(T), args)
+        loss.backward()
+        return loss.item(), actor.policy.weight.grad.clone()
+
+    loss, grad = loss_and_grad(rewards, actions)
+    changed_rewards, changed_actions = rewards.clone(), actions.clone()
+    changed_rewards[:, ~trained] += 10.0
+    changed_actions[:, ~trained] = (changed_actions[:, ~trained] + 3) % 8
+    loss2, grad2 = loss_and_grad(changed_rewards, changed_actions)
+    assert loss2 == pytest.approx(loss, abs=1e-6)
+    torch.testing.assert_close(grad2, grad)
+
+    # ...while the same change on a trained slot does change it (the test can fail)
+    changed_rewards[:, 0] += 10.0
+    assert loss_and_grad(changed_rewards, actions)[0] != pytest.approx(loss, abs=1e-6)
+
+
+def phases(iterations, **flags):
+    args = SimpleNamespace(**{"kd": 3, "no_forward": False, "no_reverse": False, **flags})
+    return {i: scheduled_phase(i, args) for i in range(1, iterations + 1) if scheduled_phase(i, args)}
+
+
+def test_schedule_alternates_forward_first_at_multiples_of_kd():
+    assert phases(13) == {3: "forward", 6: "reverse", 9: "forward", 12: "reverse"}
+    assert phases(13, no_forward=True) == {6: "reverse", 12: "reverse"}
+    assert phases(13, no_reverse=True) == {3: "forward", 9: "forward"}
+    assert phases(13, no_forward=True, no_reverse=True) == {}
+
+
+def make_window(actor, rollouts=3, T=6, sequences=4):
+    window = []
+    for _ in range(rollouts):
+        rgb = torch.randint(0, 256, (T, sequences, 5, 5, 3), dtype=torch.uint8)
+        vector, done = torch.randn(T, sequences, 2), torch.zeros(T, sequences)
+        done[2, 1] = 1
+        with torch.no_grad():
+            logits = actor.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), actor.initial_state(sequences, "cpu"),
+                                      done.flatten())[3].reshape(T, sequences, -1)
+        window.append((rgb, vector, done, logits * 20))  # sharpen theta so the KL is not tiny
+    return window
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_a_distillation_phase_moves_phi_the_right_way(direction):
+    theta, phi = make_actor(0), make_actor(1)
+    window = make_window(theta)
+    args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5)
+    optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
+    stats = distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
+    assert set(stats) == {"kl_before", "kl_after", "phi_entropy", "theta_entropy"}
+    if direction == "forward":
+        assert stats["kl_after"] < stats["kl_before"]
+    else:
+        assert stats["kl_after"] > stats["kl_before"]

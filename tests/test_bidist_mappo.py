@@ -1,0 +1,88 @@
+"""bidist_mappo.py end to end, in subprocesses with tiny sizes."""
+import os
+
+import pytest
+import torch
+
+from conftest import run_script, spawned_workers
+from test_mappo import error_line, only_run_dir, scalars
+
+
+@pytest.mark.slow
+def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tiny_flags):
+    before = spawned_workers()
+    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96",
+                        "--checkpoint-every", "1", cwd=tmp_path)
+    out = result.stdout
+    assert "distill forward at iter 1" in out and "distill reverse at iter 2" in out and "distill forward at iter 3" in out
+    run_dir = only_run_dir(tmp_path)
+    logged = scalars(run_dir)
+    for tag in ["distill/direction", "distill/kl_before", "distill/kl_after", "distill/phi_entropy",
+                "distill/theta_entropy", "mixed/fictitious_fraction", "mixed/episodic_return_trained",
+                "charts/episodic_return", "losses/policy_loss"]:
+        assert tag in logged, tag
+    assert [value for _, value in logged["distill/direction"]] == [1, -1, 1]
+    fractions = [value for _, value in logged["mixed/fictitious_fraction"]]
+    assert all(f in (0.0, 0.25, 0.5) for f in fractions), "2 envs x 2 players, at least one trained slot each"
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert checkpoint["algorithm"] == "bidist_mappo" and checkpoint["iteration"] == 3
+    assert checkpoint["phases_run"] == 3 and checkpoint["args"]["kd"] == 1 and checkpoint["args"]["p"] == 0.5
+    assert set(checkpoint) >= {"actor", "critic", "phi", "optimizer", "phi_optimizer", "value_norm", "rng"}
+    assert any(not torch.equal(checkpoint["phi"][k], checkpoint["actor"][k]) for k in checkpoint["actor"])
+
+    # --resume continues the schedule: iteration 4 is a reverse phase, 5 a forward one
+    result = run_script("bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160",
+                        cwd=tmp_path)
+    assert "iter 4/5" in result.stdout and "distill reverse at iter 4" in result.stdout
+    assert "distill forward at iter 5" in result.stdout and only_run_dir(tmp_path) == run_dir
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 5 and checkpoint["phases_run"] == 5
+    assert [value for _, value in scalars(run_dir)["distill/direction"]] == [1, -1, 1, -1, 1]
+    assert spawned_workers() - before == set(), "environment workers outlived the run"
+
+
+@pytest.mark.slow
+def test_ablation_and_p_zero_run(tmp_path, tiny_flags):
+    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96", "--p", "0",
+                        "--no-forward", "--phi-init", "random", cwd=tmp_path)
+    assert "distill forward" not in result.stdout and "distill reverse at iter 2" in result.stdout
+    logged = scalars(only_run_dir(tmp_path))
+    assert [value for _, value in logged["mixed/fictitious_fraction"]] == [0.0, 0.0, 0.0]
+    assert "mixed/episodic_return_fictitious" not in logged
+
+
+@pytest.mark.slow
+def test_resume_note_when_the_window_restarts_partway(tmp_path, tiny_flags):
+    """A resume between phases says that the next phase sees a partial window."""
+    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "3", "--total-timesteps", "32", cwd=tmp_path)
+    checkpoint = f"{only_run_dir(tmp_path)}/checkpoint.pt"
+    result = run_script("bidist_mappo.py", "--resume", checkpoint, "--total-timesteps", "64", cwd=tmp_path)
+    assert "the phase at iteration 3 will see the 2 rollouts since this resume, not 3" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--p", "1.5"], "error: --p is a probability and must be in [0, 1], got 1.5"),
+        (["--p", "-0.1"], "error: --p is a probability and must be in [0, 1], got -0.1"),
+        (["--kd", "0"], "error: --kd must be at least 1, got 0"),
+        (["--eta-f", "-1"], "error: --eta-f must be >= 0, got -1.0"),
+        (["--eta-r", "-0.5"], "error: --eta-r must be >= 0, got -0.5"),
+        (["--kl-cap", "0"], "error: --kl-cap must be > 0, got 0.0"),
+        (["--distill-epochs", "0"], "error: --distill-epochs must be at least 1, got 0"),
+        (["--distill-lr", "0"], "error: --distill-lr must be > 0, got 0.0"),
+        (["--substrate", "clean_upp"], "clean_up"),
+    ],
+)
+def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
+    line = error_line(run_script("bidist_mappo.py", *flags, cwd=tmp_path, check=False))
+    assert expected in line
+
+
+def test_a_mappo_checkpoint_is_refused(tmp_path):
+    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "args": {"substrate": "coins"}}
+    torch.save(saved, tmp_path / "mappo.pt")
+    line = error_line(run_script("bidist_mappo.py", "--resume", "mappo.pt", cwd=tmp_path, check=False))
+    assert line == ("error: --resume mappo.pt is a mappo checkpoint; "
+                    "this script resumes only bidist_mappo checkpoints")
+    assert not os.path.exists(tmp_path / "runs")
