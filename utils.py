@@ -4,7 +4,8 @@
 - `MeltingPotVecEnv`: `num_envs` substrates in worker processes, stepped in lockstep with
   automatic reset; the players of all environments are the rows of one batch.
 - `ValueNorm`: running mean and variance of the value targets.
-- checkpoints: atomic save, load with a one-line error for a foreign checkpoint, RNG state.
+- checkpoints: atomic save, load with a one-line error for a foreign checkpoint, RNG state;
+  `CheckpointPolicy`, a checkpoint's trained population as a Melting Pot policy.
 - `parse_args`: tyro, with a resumed run's saved flags as the defaults.
 """
 
@@ -101,6 +102,14 @@ def permitted_keys(observation_spec) -> list[str]:
     return sorted(k for k in observation_spec if k in permitted and k != "RGB")
 
 
+def player_features(observation, vector_keys, downsample_rgb: bool):
+    """One player's observation dict -> what the actor sees: (RGB uint8 (h, w, 3), the
+    `vector_keys` flattened and concatenated, float32 (d,)). Training and evaluation share it."""
+    rgb = downsample(observation["RGB"]) if downsample_rgb else observation["RGB"]
+    parts = [np.ravel(observation[k]) for k in vector_keys]
+    return rgb, (np.concatenate(parts) if parts else np.zeros(0)).astype(np.float32)
+
+
 class _Substrate:
     """One substrate inside a worker: numpy observations, a step limit and episode statistics."""
 
@@ -118,13 +127,9 @@ class _Substrate:
         return downsample(frame) if self.downsample else frame
 
     def _observe(self, timestep):
-        rgb = np.stack([self._frame(o["RGB"]) for o in timestep.observation])
-        vector = np.stack([
-            np.concatenate([np.ravel(o[k]) for k in self.vector_keys]) if self.vector_keys else np.zeros(0)
-            for o in timestep.observation
-        ]).astype(np.float32)
+        rgb, vector = zip(*(player_features(o, self.vector_keys, self.downsample) for o in timestep.observation))
         world = self._frame(timestep.observation[0]["WORLD.RGB"])
-        return rgb, vector, world
+        return np.stack(rgb), np.stack(vector), world
 
     def reset(self):
         self.returns = np.zeros(self.num_players)
@@ -389,6 +394,74 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
         if saved != given:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")
+
+
+class CheckpointPolicy:
+    """The trained population `theta` of a mappo.py or bidist_mappo.py checkpoint as a Melting Pot
+    policy (`initial_state`, `step`, `close`, as `meltingpot.utils.policies.policy.Policy`).
+
+    It applies the training preprocessing (`player_features`) to the focal observation, carries
+    the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
+    checkpoint's fictitious population `phi` is not read: focal players are `theta`. The policy
+    is stateless apart from the weights, so one instance may play several slots (Melting Pot
+    steps them in threads); `close` does nothing.
+    """
+
+    ALGORITHMS = ("mappo", "bidist_mappo")
+
+    def __init__(self, path: str, flag: str = "--checkpoint", device: str = "cpu"):
+        import importlib
+        from types import SimpleNamespace
+
+        checkpoint = load_checkpoint(path, flag)
+        if checkpoint["algorithm"] not in self.ALGORITHMS:
+            raise SystemExit(f"error: {flag} {path} is a {checkpoint['algorithm']} checkpoint; "
+                             f"valid: {', '.join(self.ALGORITHMS)}")
+        self.path, self.substrate, self.device = path, checkpoint["substrate"], torch.device(device)
+        saved = checkpoint["args"]
+        self.downsample = saved["downsample"]
+        substrate = import_meltingpot().substrate
+        # the built substrate's spec, as training saw it (the factory's omits wrapper keys such as
+        # COLLECTIVE_REWARD)
+        with substrate.build(self.substrate, roles=substrate.get_config(self.substrate).default_player_roles) as env:
+            observation, num_actions = env.observation_spec()[0], env.action_spec()[0].num_values
+        self.vector_keys = permitted_keys(observation)
+        rgb = observation["RGB"].shape
+        sizes = SimpleNamespace(
+            rgb_shape=(rgb[0] // SPRITE_SIZE, rgb[1] // SPRITE_SIZE, 3) if self.downsample else tuple(rgb),
+            vector_dim=sum(int(np.prod(observation[k].shape)) for k in self.vector_keys),
+            num_actions=num_actions,
+        )
+        actor_class = importlib.import_module(checkpoint["algorithm"]).Actor  # the script's own network
+        self.actor = actor_class(sizes, SimpleNamespace(downsample=self.downsample, hidden_size=saved["hidden_size"]))
+        self.actor.load_state_dict(checkpoint["actor"])
+        self.actor.to(self.device).eval()
+
+    def initial_state(self):
+        return self.actor.initial_state(1, self.device)
+
+    @torch.no_grad()
+    def logits(self, timestep, prev_state):
+        """The actor's logits for this timestep, and the next LSTM state."""
+        rgb, vector = player_features(timestep.observation, self.vector_keys, self.downsample)
+        rgb = torch.as_tensor(rgb, device=self.device)[None]
+        vector = torch.as_tensor(vector, device=self.device)[None]
+        done = torch.full((1,), float(timestep.first()), device=self.device)
+        hidden, state = self.actor.get_states(rgb, vector, prev_state, done)
+        return self.actor.policy(hidden)[0], state
+
+    def step(self, timestep, prev_state):
+        logits, state = self.logits(timestep, prev_state)
+        return int(torch.distributions.Categorical(logits=logits).sample()), state
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.close()
 
 
 def rng_state() -> dict:

@@ -5,7 +5,9 @@
 
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner);
 2. mappo.py and 3. bidist_mappo.py (default --p 0.5 --kd 10): short training runs in subprocesses
-   with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases).
+   with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
+   run alternately --repeats times; the median of each is reported, because the speed of a shared
+   machine drifts between runs by more than the difference being measured.
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
 the raw environment and to mappo.py (BiDist's overhead), and the peak memory (sum of PSS over the
 process and its workers).
@@ -38,8 +40,10 @@ class Args:
     """steps of every environment for the raw measurement"""
     train_iterations: int = 30
     """iterations (of num_envs x 128 env steps) of each training measurement"""
+    repeats: int = 3
+    """runs of each training measurement, alternating between the two scripts"""
     seed: int = 1
-    """seed of both measurements"""
+    """seed of every measurement"""
 
 
 def process_tree_pss(pid: int) -> int:
@@ -122,9 +126,16 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
     raw_sps, players, raw_memory = raw_throughput(args)
-    mappo_sps, mappo_memory = training_throughput("mappo.py", args)
-    bidist_sps, bidist_memory = training_throughput("bidist_mappo.py", args)
-    print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores\n")
+    runs = {"mappo.py": [], "bidist_mappo.py": []}
+    for _ in range(args.repeats):
+        for script in runs:
+            runs[script].append(training_throughput(script, args))
+    (mappo_sps, mappo_memory), (bidist_sps, bidist_memory) = (
+        (float(np.median([sps for sps, _ in r])), max(memory for _, memory in r)) for r in runs.values())
+    for script, r in runs.items():
+        print(f"{script} runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
+    print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
+          f"median of {args.repeats} training runs each\n")
     print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | peak memory |")
     print("|---|---|---|---|---|---|")
     for name, sps, memory in [("raw env, random actions", raw_sps, raw_memory),

@@ -1,0 +1,299 @@
+# Population-population generalisation, measured the Melting Pot way: a checkpoint's trained
+# population as the focal players of Melting Pot scenarios, scored by focal per-capita return.
+# Docs and an example table: README.md
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+import tyro
+from tqdm import tqdm
+
+import utils
+
+
+@dataclass
+class Args:
+    checkpoint: str
+    """the focal population: a checkpoint of mappo.py or bidist_mappo.py (for BiDist, theta)"""
+    scenarios: list[str] = field(default_factory=list)
+    """official scenarios by name (clean_up_0) or by substrate (clean_up: all of its scenarios); default:
+    every scenario of the checkpoint's substrate, unless --background is given"""
+    background: list[str] = field(default_factory=list)
+    """checkpoints forming a custom background population: each background slot plays one of them,
+    sampled per episode"""
+    num_focal: int = 1
+    """focal slots of the custom background scenario (the first K slots; the others are background)"""
+    num_episodes: int = 10
+    """episodes per scenario"""
+    seed: int = 1
+    """seeds `random`, numpy and torch for every episode (derived per scenario and episode)"""
+    num_workers: Optional[int] = None
+    """worker processes running episodes in parallel (default: one per core)"""
+    output: Optional[str] = None
+    """write the results to OUTPUT.csv (one row per scenario) and OUTPUT.json (with every episode)"""
+    normalise: Optional[str] = None
+    """CSV file with columns scenario,min,max: add the min-max normalised focal return (Melting Pot 2.0)"""
+    video: Optional[str] = None
+    """directory to save one episode per scenario as an MP4 of WORLD.RGB, named by scenario"""
+    device: str = "cpu"
+    """where the policies act: cpu or cuda"""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the results: an official scenario, or a custom background scenario."""
+
+    name: str
+    substrate: str
+    background: tuple = ()  # checkpoint paths of a custom background population; () for an official scenario
+    num_focal: int = 0
+
+
+def confidence_interval(values, level=0.95):
+    """Half-width of the Student-t confidence interval of the mean; nan for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return float(scipy.stats.t.ppf((1 + level) / 2, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def resolve_scenarios(names, substrate, checkpoint):
+    """Scenario names, with a substrate name standing for all of its scenarios; one-line errors
+    for an unknown name and for a scenario of another substrate than the checkpoint's."""
+    mp = utils.import_meltingpot()
+    scenarios, substrates = sorted(mp.scenario.SCENARIOS), sorted(mp.substrate.SUBSTRATES)
+    resolved = []
+    for name in names:
+        if name in substrates:
+            resolved += [s for s in scenarios if mp.scenario.get_config(s).substrate == name]
+        elif name in scenarios:
+            resolved.append(name)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(name, scenarios + substrates, n=4, cutoff=0.6)
+            hint = f"close matches: {', '.join(close)}" if close else "valid: a scenario or substrate name"
+            raise SystemExit(f"error: --scenarios {name!r} is neither a Melting Pot scenario nor a substrate; {hint}")
+    for name in resolved:
+        if mp.scenario.get_config(name).substrate != substrate:
+            raise SystemExit(f"error: scenario {name} is on substrate {mp.scenario.get_config(name).substrate}, "
+                             f"but --checkpoint {checkpoint} was trained on {substrate}")
+    return list(dict.fromkeys(resolved))
+
+
+def check_bots(scenarios):
+    """True when some scenario needs Melting Pot's bot models (TensorFlow and the assets); exits
+    with a one-line error when they are missing."""
+    mp = utils.import_meltingpot()
+    needs = {}
+    for name in scenarios:
+        for bot in set().union(*mp.scenario.get_config(name).bots_by_role.values()) - {mp.bot.NOOP_BOT_NAME}:
+            needs.setdefault(name, mp.bot.get_config(bot).model_path)
+    if not needs:
+        return False
+    name, model_path = next(iter(needs.items()))
+    noop = [s for s in sorted(mp.scenario.SCENARIOS) if s not in needs and
+            set().union(*mp.scenario.get_config(s).bots_by_role.values()) == {mp.bot.NOOP_BOT_NAME}]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise SystemExit(f"error: scenario {name} has Melting Pot bots, which need TensorFlow: run `make bots` "
+                         f"(scenarios that need none: {', '.join(noop)}; or use --background)")
+    if not os.path.exists(model_path):
+        raise SystemExit(f"error: scenario {name} needs Melting Pot's bot assets, missing at {model_path}: reinstall "
+                         f"on a machine with internet access (make clean && make install), or use --background")
+    return True
+
+
+def custom_factory(mp, target, policies):
+    """A Melting Pot ScenarioFactory for `target`: the first num_focal slots are focal (observations
+    restricted to Melting Pot's permitted ones, as in official scenarios), every other slot plays a
+    background policy sampled per episode from `policies` (name -> policy)."""
+    from meltingpot.utils.policies.policy_factory import PolicyFactory
+    from meltingpot.utils.scenarios.scenario_factory import ScenarioFactory
+
+    substrate = mp.substrate.get_factory(target.substrate)
+    roles = mp.substrate.get_config(target.substrate).default_player_roles
+    bots = {name: PolicyFactory(timestep_spec=substrate.timestep_spec(), action_spec=substrate.action_spec(),
+                                builder=lambda policy=policy: policy) for name, policy in policies.items()}
+    return ScenarioFactory(
+        substrate=substrate, bots=bots, bots_by_role={role: tuple(bots) for role in set(roles)}, roles=roles,
+        is_focal=[slot < target.num_focal for slot in range(len(roles))],
+        permitted_observations=mp.scenario.PERMITTED_OBSERVATIONS,
+    )
+
+
+_policies = {}  # per worker process: checkpoint path -> CheckpointPolicy
+
+
+def _policy(path, device):
+    if path not in _policies:
+        _policies[path] = utils.CheckpointPolicy(path, device=device)
+    return _policies[path]
+
+
+def _init_worker(with_tensorflow):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    torch.set_num_threads(1)
+    utils.import_meltingpot(with_tensorflow=with_tensorflow)
+
+
+def run_episode(target, seed, checkpoint, device, video_path=None):
+    """One episode of `target` with the focal population of `checkpoint`. Seeds `random` (which
+    Melting Pot's engine and its background sampling draw from), numpy and torch first."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    mp = utils.import_meltingpot()
+    from meltingpot.utils.evaluation import evaluation
+    from meltingpot.utils.evaluation.video_subject import VideoSubject
+    from meltingpot.utils.scenarios.population import Population
+
+    if target.background:
+        factory = custom_factory(mp, target, {path: _policy(path, device) for path in target.background})
+    else:
+        factory = mp.scenario.get_factory(target.name)
+    roles = factory.focal_player_roles()
+    population = Population(policies={"focal": _policy(checkpoint, device)},
+                            names_by_role={role: ["focal"] for role in roles}, roles=roles)
+    with factory.build() as env:
+        if video_path:
+            video = VideoSubject(os.path.dirname(video_path), extension="mp4", codec="mp4v")
+            video.subscribe(on_next=lambda path: os.replace(path, video_path))
+            env.observables().substrate.timestep.subscribe(video)
+        result = evaluation.run_and_observe_episodes(population=population, substrate=env, num_episodes=1)
+    population.close()
+    row = result.iloc[0]
+    return {
+        "seed": seed,
+        "focal_per_capita_return": float(row["focal_per_capita_return"]),
+        "background_per_capita_return": float(np.mean(row["background_player_returns"]))
+        if len(row["background_player_returns"]) else float("nan"),
+        "focal_player_returns": [float(r) for r in row["focal_player_returns"]],
+        "background_player_returns": [float(r) for r in row["background_player_returns"]],
+        "background_player_names": list(row["background_player_names"]),
+    }
+
+
+def summarise(target, episodes, normalise):
+    focal = [e["focal_per_capita_return"] for e in episodes]
+    background = [e["background_per_capita_return"] for e in episodes]
+    summary = {
+        "scenario": target.name, "substrate": target.substrate, "episodes": len(episodes),
+        "focal_per_capita_return": float(np.mean(focal)), "ci95": confidence_interval(focal),
+        "background_per_capita_return": float(np.nanmean(background)) if not np.all(np.isnan(background)) else float("nan"),
+    }
+    if normalise is not None:
+        low, high = normalise.get(target.name, (np.nan, np.nan))
+        summary["normalised"] = (summary["focal_per_capita_return"] - low) / (high - low)
+    return summary
+
+
+def read_normalise(path):
+    """scenario -> (min, max) from a CSV with columns scenario,min,max."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --normalise {path} is not a readable CSV ({type(e).__name__})") from None
+    if not {"scenario", "min", "max"} <= set(table.columns):
+        raise SystemExit(f"error: --normalise {path} needs the columns scenario,min,max; it has {','.join(table.columns)}")
+    return {row.scenario: (float(row.min), float(row.max)) for row in table.itertuples()}
+
+
+def markdown_table(summaries):
+    normalised = "normalised" in summaries[0]
+    header = "| scenario | episodes | focal per-capita return | 95% CI | background per-capita return |"
+    lines = [header + (" normalised |" if normalised else ""), "|---|---|---|---|---|" + ("---|" if normalised else "")]
+    for s in summaries:
+        line = (f"| {s['scenario']} | {s['episodes']} | {s['focal_per_capita_return']:.2f} | ± {s['ci95']:.2f} "
+                f"| {s['background_per_capita_return']:.2f} |")
+        lines.append(line + (f" {s['normalised']:.2f} |" if normalised else ""))
+    return "\n".join(lines).replace("nan", "-")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    for name in ["num_episodes", "num_focal"]:
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_workers is not None and args.num_workers < 1:
+        raise SystemExit(f"error: --num-workers must be at least 1, got {args.num_workers}")
+    focal = utils.CheckpointPolicy(args.checkpoint, device=args.device)
+    substrate = focal.substrate
+    mp = utils.import_meltingpot()
+
+    targets = []
+    if args.scenarios or not args.background:
+        scenarios = resolve_scenarios(args.scenarios or [substrate], substrate, args.checkpoint)
+        if not scenarios:
+            raise SystemExit(f"error: substrate {substrate} has no Melting Pot scenarios; use --background")
+        targets += [Target(name, substrate) for name in scenarios]
+    if args.background:
+        for path in args.background:
+            background = utils.CheckpointPolicy(path, flag="--background")
+            if background.substrate != substrate:
+                raise SystemExit(f"error: --background {path} was trained on {background.substrate}, "
+                                 f"but --checkpoint {args.checkpoint} on {substrate}")
+        num_players = len(mp.substrate.get_config(substrate).default_player_roles)
+        if args.num_focal >= num_players:
+            raise SystemExit(f"error: --num-focal {args.num_focal} leaves no background slot; "
+                             f"{substrate} has {num_players} players (valid: 1 to {num_players - 1})")
+        targets.append(Target(f"{substrate}__background_{args.num_focal}_focal", substrate,
+                              tuple(args.background), args.num_focal))
+    with_tensorflow = check_bots([t.name for t in targets if not t.background])
+    normalise = read_normalise(args.normalise) if args.normalise else None
+    if args.video:
+        os.makedirs(args.video, exist_ok=True)
+
+    num_workers = min(args.num_workers or os.cpu_count() or 1, len(targets) * args.num_episodes)
+    print(f"{args.checkpoint} ({substrate}) as focal population: {len(targets)} scenario(s) x "
+          f"{args.num_episodes} episodes, {num_workers} worker(s)", flush=True)
+    results = {target: {} for target in targets}
+    executor = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(with_tensorflow,))
+    try:
+        futures = {}
+        for t, target in enumerate(targets):
+            for episode in range(args.num_episodes):
+                seed = int(np.random.SeedSequence([args.seed, t, episode]).generate_state(1)[0])
+                video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
+                future = executor.submit(run_episode, target, seed, args.checkpoint, args.device, video)
+                futures[future] = (target, episode)
+        with tqdm(total=len(futures), unit="episode", desc="evaluating") as progress:
+            for future in concurrent.futures.as_completed(futures):
+                target, episode = futures[future]
+                try:
+                    results[target][episode] = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise SystemExit(f"error: an evaluation worker died during {target.name} (out of memory?)") from None
+                except Exception as e:
+                    raise SystemExit(f"error: {target.name} episode {episode} failed: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                progress.update()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: no results written") from None
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    summaries = [summarise(t, [results[t][e] for e in range(args.num_episodes)], normalise) for t in targets]
+    print("\n" + markdown_table(summaries))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        pd.DataFrame(summaries).to_csv(f"{args.output}.csv", index=False)
+        report = {"checkpoint": args.checkpoint, "substrate": substrate, "seed": args.seed, "results": [
+            dict(s, episode_results=[results[t][e] for e in range(args.num_episodes)]) for s, t in zip(summaries, targets)]}
+        with open(f"{args.output}.json", "w") as f:
+            json.dump(report, f, indent=1, default=float)
+        print(f"\nwritten: {args.output}.csv, {args.output}.json")
+    if args.video:
+        print(f"videos: {', '.join(f'{args.video}/{t.name}.mp4' for t in targets)}")

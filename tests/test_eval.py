@@ -1,0 +1,207 @@
+"""The Melting Pot policy adapter (utils.CheckpointPolicy) and eval_scenarios.py."""
+import glob
+import json
+import math
+import os
+import random
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import utils
+from bidist_mappo import Actor
+from conftest import TINY, run_script
+from test_mappo import error_line
+from eval_scenarios import Target, check_bots, confidence_interval, custom_factory, resolve_scenarios
+
+SUBSTRATE = "pure_coordination_in_the_matrix__repeated"
+
+
+def real_timesteps(steps=12, seed=0):
+    """Player 0's timesteps of a real episode start under random actions."""
+    substrate = utils.import_meltingpot().substrate
+    rng = np.random.default_rng(seed)
+    with substrate.build(SUBSTRATE, roles=substrate.get_config(SUBSTRATE).default_player_roles) as env:
+        timestep = env.reset()
+        timesteps = [timestep]
+        for _ in range(steps - 1):
+            timestep = env.step(list(rng.integers(0, 8, size=2)))
+            timesteps.append(timestep)
+    return [t._replace(observation=t.observation[0], reward=t.reward[0]) for t in timesteps]
+
+
+def save_fake_checkpoint(path, algorithm="bidist_mappo", hidden=16):
+    """A checkpoint as the scripts write it, with theta and a different phi."""
+    substrate = utils.import_meltingpot().substrate
+    with substrate.build(SUBSTRATE, roles=substrate.get_config(SUBSTRATE).default_player_roles) as env:
+        spec = env.observation_spec()[0]
+    keys = utils.permitted_keys(spec)
+    sizes = SimpleNamespace(rgb_shape=(5, 5, 3), vector_dim=sum(int(np.prod(spec[k].shape)) for k in keys),
+                            num_actions=8)
+    args = SimpleNamespace(downsample=True, hidden_size=hidden)
+    torch.manual_seed(0)
+    theta, phi = Actor(sizes, args), Actor(sizes, args)
+    with torch.no_grad():  # a policy head far from uniform, so that a wrong network shows
+        theta.policy.weight.normal_(0, 1.0)
+        phi.policy.weight.normal_(0, 1.0)
+    checkpoint = {"algorithm": algorithm, "substrate": SUBSTRATE, "args": {"downsample": True, "hidden_size": hidden},
+                  "actor": theta.state_dict()}
+    if algorithm == "bidist_mappo":
+        checkpoint["phi"] = phi.state_dict()
+    torch.save(checkpoint, path)
+    return theta, phi
+
+
+def test_adapter_matches_the_training_network_on_a_real_sequence(tmp_path):
+    theta, _ = save_fake_checkpoint(tmp_path / "c.pt")
+    policy = utils.CheckpointPolicy(str(tmp_path / "c.pt"))
+    timesteps = real_timesteps()
+
+    state, adapter_logits = policy.initial_state(), []
+    for timestep in timesteps:
+        logits, state = policy.logits(timestep, state)
+        adapter_logits.append(logits)
+
+    # the training path: the vectorised env's preprocessing, the whole sequence in one unroll
+    features = [utils.player_features(t.observation, policy.vector_keys, True) for t in timesteps]
+    rgb = torch.tensor(np.stack([f[0] for f in features]))
+    vector = torch.tensor(np.stack([f[1] for f in features]))
+    done = torch.zeros(len(timesteps))
+    done[0] = 1
+    with torch.no_grad():
+        _, _, _, logits, _ = theta.get_action(rgb, vector, theta.initial_state(1, "cpu"), done)
+    torch.testing.assert_close(torch.stack(adapter_logits), logits, rtol=1e-5, atol=1e-6)
+
+    action, next_state = policy.step(timesteps[0], policy.initial_state())
+    assert 0 <= action < 8 and next_state[0].shape == (1, 1, 16)
+
+
+def test_a_bidist_checkpoint_gives_theta_not_phi(tmp_path):
+    theta, phi = save_fake_checkpoint(tmp_path / "c.pt")
+    policy = utils.CheckpointPolicy(str(tmp_path / "c.pt"))
+    for name, value in policy.actor.state_dict().items():
+        assert torch.equal(value, theta.state_dict()[name])
+    assert not torch.equal(policy.actor.policy.weight, phi.policy.weight)
+
+
+def test_adapter_refuses_foreign_files(tmp_path):
+    torch.save({"algorithm": "rpm", "substrate": SUBSTRATE, "args": {}}, tmp_path / "rpm.pt")
+    with pytest.raises(SystemExit, match="error: --checkpoint .*rpm.pt is a rpm checkpoint; valid: mappo, bidist_mappo"):
+        utils.CheckpointPolicy(str(tmp_path / "rpm.pt"))
+    with pytest.raises(SystemExit, match="no such file"):
+        utils.CheckpointPolicy(str(tmp_path / "none.pt"))
+
+
+def test_confidence_interval_against_a_hand_computation():
+    # mean 2.5, sample std sqrt(5/3), t(0.975, df=3) = 3.182446305
+    assert confidence_interval([1.0, 2.0, 3.0, 4.0]) == pytest.approx(3.182446305 * math.sqrt(5 / 3) / 2, rel=1e-8)
+    assert math.isnan(confidence_interval([1.0]))
+
+
+def test_custom_background_samples_checkpoints_and_restricts_focal_observations(tmp_path):
+    save_fake_checkpoint(tmp_path / "a.pt")
+    save_fake_checkpoint(tmp_path / "b.pt", algorithm="mappo")
+    mp = utils.import_meltingpot()
+    policies = {str(tmp_path / n): utils.CheckpointPolicy(str(tmp_path / n), flag="--background") for n in ("a.pt", "b.pt")}
+    factory = custom_factory(mp, Target("custom", SUBSTRATE, tuple(policies), num_focal=1), policies)
+    assert factory.num_focal_players() == 1
+    random.seed(3)
+    names = []
+    with factory.build() as env:
+        env.observables().background.names.subscribe(on_next=names.append)
+        for _ in range(8):
+            timestep = env.reset()
+            (observation,) = timestep.observation  # one focal player
+            assert set(observation) <= mp.scenario.PERMITTED_OBSERVATIONS and "WORLD.RGB" not in observation
+            assert {"RGB", "INVENTORY", "READY_TO_SHOOT"} <= set(observation)
+            timestep = env.step([0])
+    assert len(names) == 8 and all(len(n) == 1 for n in names), "one background slot, sampled per episode"
+    assert {n[0] for n in names} == set(policies), "both background checkpoints are sampled"
+
+
+def test_missing_bots_give_one_line_errors(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match="error: scenario clean_up_0 has Melting Pot bots, which need TensorFlow: "
+                                         "run `make bots`.*collaborative_cooking__asymmetric_2"):
+        check_bots(["clean_up_0"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    with pytest.raises(SystemExit, match="error: scenario clean_up_0 needs Melting Pot's bot assets, missing at .*clean_up"):
+        check_bots(["clean_up_0"])
+    assert check_bots(["collaborative_cooking__asymmetric_2", "territory__rooms_14"]) is False
+
+
+def test_scenario_names_resolve_and_mismatches_are_refused():
+    assert resolve_scenarios(["collaborative_cooking__asymmetric"], "collaborative_cooking__asymmetric", "c.pt") == [
+        "collaborative_cooking__asymmetric_0", "collaborative_cooking__asymmetric_1", "collaborative_cooking__asymmetric_2"]
+    with pytest.raises(SystemExit, match="error: scenario clean_up_0 is on substrate clean_up, but --checkpoint c.pt was trained on coins"):
+        resolve_scenarios(["clean_up_0"], "coins", "c.pt")
+    with pytest.raises(SystemExit, match="error: --scenarios 'clean_upp_0' is neither .*close matches: clean_up_0"):
+        resolve_scenarios(["clean_upp_0"], "clean_up", "c.pt")
+
+
+@pytest.fixture(scope="module")
+def cooking_checkpoint(tmp_path_factory):
+    """A checkpoint of a tiny bidist_mappo.py run on the substrate of the no-op scenario."""
+    cwd = tmp_path_factory.mktemp("train")
+    run_script("bidist_mappo.py", *TINY, "--substrate", "collaborative_cooking__asymmetric", "--total-timesteps", "32",
+               cwd=cwd)
+    (path,) = glob.glob(f"{cwd}/runs/*/checkpoint.pt")
+    return path
+
+
+@pytest.mark.slow
+def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
+    result = run_script("eval_scenarios.py", "--checkpoint", cooking_checkpoint, "--scenarios",
+                        "collaborative_cooking__asymmetric_2", "--num-episodes", "2", "--num-workers", "2",
+                        "--output", "out/results", "--video", "videos", cwd=tmp_path)
+    assert "| collaborative_cooking__asymmetric_2 | 2 |" in result.stdout
+    table = pd.read_csv(tmp_path / "out/results.csv")
+    assert list(table.columns) == ["scenario", "substrate", "episodes", "focal_per_capita_return", "ci95",
+                                   "background_per_capita_return"]
+    report = json.load(open(tmp_path / "out/results.json"))
+    (scenario,) = report["results"]
+    episodes = scenario["episode_results"]
+    assert len(episodes) == 2 and all(len(e["focal_player_returns"]) == 1 for e in episodes)
+    assert scenario["focal_per_capita_return"] == pytest.approx(np.mean([e["focal_per_capita_return"] for e in episodes]))
+    assert all(e["background_player_names"] == ["noop_bot"] for e in episodes)
+    video = cv2.VideoCapture(str(tmp_path / "videos/collaborative_cooking__asymmetric_2.mp4"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) > 100 and video.get(cv2.CAP_PROP_FRAME_WIDTH) == 72
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoint):
+    flags = ["--checkpoint", cooking_checkpoint, "--background", cooking_checkpoint, "--num-episodes", "3",
+             "--num-workers", "2"]
+    first = run_script("eval_scenarios.py", *flags, "--output", "a", cwd=tmp_path)
+    second = run_script("eval_scenarios.py", *flags, "--output", "b", "--num-workers", "1", cwd=tmp_path)
+    table = first.stdout[first.stdout.index("| scenario"):].split("\n\n")[0]
+    assert table in second.stdout
+    a, b = (json.load(open(tmp_path / f"{name}.json"))["results"] for name in "ab")
+    assert a == b, "same seed, same episodes, whatever the number of workers"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--checkpoint", "none.pt"], "error: --checkpoint none.pt: no such file"),
+        (["--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
+        (["--num-focal", "2", "--background", "CKPT"], "error: --num-focal 2 leaves no background slot; "
+                                                       "collaborative_cooking__asymmetric has 2 players (valid: 1 to 1)"),
+        (["--scenarios", "clean_up_0"], "error: scenario clean_up_0 is on substrate clean_up, but --checkpoint"),
+        (["--normalise", "missing.csv"], "error: --normalise missing.csv is not a readable CSV"),
+    ],
+)
+def test_bad_input_gets_one_line_errors(tmp_path, cooking_checkpoint, flags, expected):
+    flags = [cooking_checkpoint if f == "CKPT" else f for f in flags]
+    if "--checkpoint" not in flags:
+        flags = ["--checkpoint", cooking_checkpoint, *flags]
+    line = error_line(run_script("eval_scenarios.py", *flags, cwd=tmp_path, check=False))
+    assert expected in line
