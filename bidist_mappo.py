@@ -369,12 +369,12 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
 
     @torch.no_grad()
     def measure():
-        kl, entropy = [], []
+        kl, logp = [], []
         for seqs in torch.arange(num_sequences, device=rgb.device).split(sequences_per_minibatch):
             logits = phi_logits(seqs)
             kl.append(kl_divergence(hist_logits[:, seqs].flatten(0, 1), logits))
-            entropy.append(Categorical(logits=logits).entropy())
-        return torch.cat(kl).mean().item(), torch.cat(entropy).mean().item()
+            logp.append(logits.log_softmax(-1))
+        return torch.cat(kl).mean().item(), torch.cat(logp)
 
     kl_before, _ = measure()
     for epoch in range(args.distill_epochs):
@@ -388,9 +388,14 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
             loss.backward()
             nn.utils.clip_grad_norm_(phi.parameters(), args.max_grad_norm)
             phi_optimizer.step()
-    kl_after, phi_entropy = measure()
-    theta_entropy = Categorical(logits=hist_logits.flatten(0, 1)).entropy().mean().item()
-    return {"kl_before": kl_before, "kl_after": kl_after, "phi_entropy": phi_entropy, "theta_entropy": theta_entropy}
+    kl_after, phi_logp = measure()
+    theta_logp = hist_logits.flatten(0, 1).log_softmax(-1)
+    # entropy, and how much the log-probabilities vary across the window's observations (about 0:
+    # the policy ignores its input, the degenerate collapse that entropy alone does not show)
+    return {"kl_before": kl_before, "kl_after": kl_after,
+            "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
+            "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
+            "phi_logp_std": phi_logp.std(dim=0).mean().item(), "theta_logp_std": theta_logp.std(dim=0).mean().item()}
 
 
 def format_eta(seconds):
@@ -615,8 +620,9 @@ if __name__ == "__main__":
                 for key, value in phase.items():
                     writer.add_scalar(f"distill/{key}", value, global_step)
                 print(f"distill {direction} at iter {iteration}: KL(hist || phi) {phase['kl_before']:.3f} -> "
-                      f"{phase['kl_after']:.3f} | phi entropy {phase['phi_entropy']:.2f} | "
-                      f"theta entropy {phase['theta_entropy']:.2f}", flush=True)
+                      f"{phase['kl_after']:.3f} | entropy phi {phase['phi_entropy']:.2f} theta "
+                      f"{phase['theta_entropy']:.2f} | logp std phi {phase['phi_logp_std']:.2f} theta "
+                      f"{phase['theta_logp_std']:.2f}", flush=True)
 
             y_pred = values[:, trained].flatten().cpu().numpy()
             y_true = value_norm.normalize(returns[:, trained]).flatten().cpu().numpy()

@@ -196,7 +196,7 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
     args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5)
     optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
     stats = distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
-    assert set(stats) == {"kl_before", "kl_after", "phi_entropy", "theta_entropy"}
+    assert set(stats) == {"kl_before", "kl_after", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std"}
     if direction == "forward":
         assert stats["kl_after"] < stats["kl_before"]
     else:
