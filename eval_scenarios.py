@@ -149,7 +149,11 @@ def _init_worker(with_tensorflow):
 
 def run_episode(target, seed, checkpoint, device, video_path=None):
     """One episode of `target` with the focal population of `checkpoint`. Seeds `random` (which
-    Melting Pot's engine and its background sampling draw from), numpy and torch first."""
+    Melting Pot's engine and its background sampling draw from), numpy and torch once the
+    policies are loaded (loading one the first time in a worker builds a substrate, which draws
+    from `random`), so an episode does not depend on what its worker ran before."""
+    focal = _policy(checkpoint, device)
+    background = {path: _policy(path, device) for path in target.background}
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -159,11 +163,11 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
     from meltingpot.utils.scenarios.population import Population
 
     if target.background:
-        factory = custom_factory(mp, target, {path: _policy(path, device) for path in target.background})
+        factory = custom_factory(mp, target, background)
     else:
         factory = mp.scenario.get_factory(target.name)
     roles = factory.focal_player_roles()
-    population = Population(policies={"focal": _policy(checkpoint, device)},
+    population = Population(policies={"focal": focal},
                             names_by_role={role: ["focal"] for role in roles}, roles=roles)
     with factory.build() as env:
         if video_path:
@@ -227,6 +231,7 @@ if __name__ == "__main__":
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_workers is not None and args.num_workers < 1:
         raise SystemExit(f"error: --num-workers must be at least 1, got {args.num_workers}")
+    normalise = read_normalise(args.normalise) if args.normalise else None
     focal = utils.CheckpointPolicy(args.checkpoint, device=args.device)
     substrate = focal.substrate
     mp = utils.import_meltingpot()
@@ -250,7 +255,6 @@ if __name__ == "__main__":
         targets.append(Target(f"{substrate}__background_{args.num_focal}_focal", substrate,
                               tuple(args.background), args.num_focal))
     with_tensorflow = check_bots([t.name for t in targets if not t.background])
-    normalise = read_normalise(args.normalise) if args.normalise else None
     if args.video:
         os.makedirs(args.video, exist_ok=True)
 

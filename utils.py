@@ -403,8 +403,10 @@ class CheckpointPolicy:
     It applies the training preprocessing (`player_features`) to the focal observation, carries
     the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
     checkpoint's fictitious population `phi` is not read: focal players are `theta`. The policy
-    is stateless apart from the weights, so one instance may play several slots (Melting Pot
-    steps them in threads); `close` does nothing.
+    is stateless apart from the weights, so one instance may play several slots; `close` does
+    nothing. Melting Pot steps the slots in threads, in no fixed order, so each slot samples from
+    its own random stream: `initial_state` (called in slot order) draws the stream's seed from
+    torch's global generator, and the state is (LSTM state, seed, step).
     """
 
     ALGORITHMS = ("mappo", "bidist_mappo")
@@ -438,11 +440,11 @@ class CheckpointPolicy:
         self.actor.to(self.device).eval()
 
     def initial_state(self):
-        return self.actor.initial_state(1, self.device)
+        return self.actor.initial_state(1, self.device), int(torch.randint(2**62, ())), 0
 
     @torch.no_grad()
     def logits(self, timestep, prev_state):
-        """The actor's logits for this timestep, and the next LSTM state."""
+        """The actor's logits for this timestep, and the next LSTM state, from the LSTM state."""
         rgb, vector = player_features(timestep.observation, self.vector_keys, self.downsample)
         rgb = torch.as_tensor(rgb, device=self.device)[None]
         vector = torch.as_tensor(vector, device=self.device)[None]
@@ -451,8 +453,11 @@ class CheckpointPolicy:
         return self.actor.policy(hidden)[0], state
 
     def step(self, timestep, prev_state):
-        logits, state = self.logits(timestep, prev_state)
-        return int(torch.distributions.Categorical(logits=logits).sample()), state
+        lstm_state, seed, step = prev_state
+        logits, lstm_state = self.logits(timestep, lstm_state)
+        generator = torch.Generator().manual_seed(seed + step)
+        action = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)
+        return int(action), (lstm_state, seed, step + 1)
 
     def close(self):
         pass

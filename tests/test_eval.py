@@ -61,7 +61,7 @@ def test_adapter_matches_the_training_network_on_a_real_sequence(tmp_path):
     policy = utils.CheckpointPolicy(str(tmp_path / "c.pt"))
     timesteps = real_timesteps()
 
-    state, adapter_logits = policy.initial_state(), []
+    state, adapter_logits = policy.initial_state()[0], []
     for timestep in timesteps:
         logits, state = policy.logits(timestep, state)
         adapter_logits.append(logits)
@@ -76,8 +76,14 @@ def test_adapter_matches_the_training_network_on_a_real_sequence(tmp_path):
         _, _, _, logits, _ = theta.get_action(rgb, vector, theta.initial_state(1, "cpu"), done)
     torch.testing.assert_close(torch.stack(adapter_logits), logits, rtol=1e-5, atol=1e-6)
 
-    action, next_state = policy.step(timesteps[0], policy.initial_state())
-    assert 0 <= action < 8 and next_state[0].shape == (1, 1, 16)
+    state = policy.initial_state()
+    action, next_state = policy.step(timesteps[0], state)
+    assert 0 <= action < 8 and next_state[0][0].shape == (1, 1, 16) and next_state[2] == 1
+    assert policy.step(timesteps[0], state)[0] == action, "a slot's sampling depends only on its state"
+    # sampling follows the distribution: a sharp policy picks its mode
+    with torch.no_grad():
+        policy.actor.policy.bias.copy_(torch.tensor([0, 0, 0, 40.0, 0, 0, 0, 0]))
+    assert {policy.step(t, policy.initial_state())[0] for t in timesteps} == {3}
 
 
 def test_a_bidist_checkpoint_gives_theta_not_phi(tmp_path):
@@ -148,13 +154,19 @@ def test_scenario_names_resolve_and_mismatches_are_refused():
 
 
 @pytest.fixture(scope="module")
-def cooking_checkpoint(tmp_path_factory):
-    """A checkpoint of a tiny bidist_mappo.py run on the substrate of the no-op scenario."""
-    cwd = tmp_path_factory.mktemp("train")
-    run_script("bidist_mappo.py", *TINY, "--substrate", "collaborative_cooking__asymmetric", "--total-timesteps", "32",
-               cwd=cwd)
-    (path,) = glob.glob(f"{cwd}/runs/*/checkpoint.pt")
-    return path
+def cooking_checkpoints(tmp_path_factory):
+    """Checkpoints of tiny bidist_mappo.py and mappo.py runs on the substrate of the no-op scenario."""
+    paths = []
+    for script in ["bidist_mappo.py", "mappo.py"]:
+        cwd = tmp_path_factory.mktemp("train")
+        run_script(script, *TINY, "--substrate", "collaborative_cooking__asymmetric", "--total-timesteps", "32", cwd=cwd)
+        paths += glob.glob(f"{cwd}/runs/*/checkpoint.pt")
+    return paths
+
+
+@pytest.fixture
+def cooking_checkpoint(cooking_checkpoints):
+    return cooking_checkpoints[0]
 
 
 @pytest.mark.slow
@@ -177,8 +189,8 @@ def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoint):
-    flags = ["--checkpoint", cooking_checkpoint, "--background", cooking_checkpoint, "--num-episodes", "3",
+def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoints):
+    flags = ["--checkpoint", cooking_checkpoints[0], "--background", *cooking_checkpoints, "--num-episodes", "4",
              "--num-workers", "2"]
     first = run_script("eval_scenarios.py", *flags, "--output", "a", cwd=tmp_path)
     second = run_script("eval_scenarios.py", *flags, "--output", "b", "--num-workers", "1", cwd=tmp_path)
@@ -186,6 +198,8 @@ def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoint):
     assert table in second.stdout
     a, b = (json.load(open(tmp_path / f"{name}.json"))["results"] for name in "ab")
     assert a == b, "same seed, same episodes, whatever the number of workers"
+    names = [e["background_player_names"][0] for e in a[0]["episode_results"]]
+    assert set(names) == set(cooking_checkpoints), "both background checkpoints are sampled"
 
 
 @pytest.mark.parametrize(
