@@ -16,7 +16,8 @@ import utils
 from bidist_mappo import Actor
 from conftest import TINY, run_script
 from test_mappo import error_line
-from eval_scenarios import Target, check_bots, confidence_interval, custom_factory, resolve_scenarios
+from eval_scenarios import (Target, check_bots, confidence_interval, custom_factory, markdown_table, read_normalise,
+                            resolve_scenarios, summarise)
 
 SUBSTRATE = "pure_coordination_in_the_matrix__repeated"
 
@@ -219,3 +220,18 @@ def test_bad_input_gets_one_line_errors(tmp_path, cooking_checkpoint, flags, exp
         flags = ["--checkpoint", cooking_checkpoint, *flags]
     line = error_line(run_script("eval_scenarios.py", *flags, cwd=tmp_path, check=False))
     assert expected in line
+
+
+def test_summary_normalises_and_the_table_shows_it(tmp_path):
+    (tmp_path / "ref.csv").write_text("scenario,min,max\nx_0,1.0,5.0\n")
+    normalise = read_normalise(str(tmp_path / "ref.csv"))
+    episodes = [{"focal_per_capita_return": r, "background_per_capita_return": b} for r, b in [(2.0, 1.0), (4.0, float("nan"))]]
+    summary = summarise(Target("x_0", "x"), episodes, normalise)
+    assert summary["focal_per_capita_return"] == 3.0 and summary["normalised"] == pytest.approx(0.5)
+    assert summary["background_per_capita_return"] == 1.0
+    assert math.isnan(summarise(Target("y_0", "y"), episodes, normalise)["normalised"]), "no reference: no value"
+    table = markdown_table([summary])
+    assert table.splitlines()[0].endswith("| normalised |") and "| x_0 | 2 | 3.00 | ± 12.71 | 1.00 | 0.50 |" in table
+    (tmp_path / "bad.csv").write_text("name,low,high\n")
+    with pytest.raises(SystemExit, match="needs the columns scenario,min,max; it has name,low,high"):
+        read_normalise(str(tmp_path / "bad.csv"))
