@@ -94,15 +94,15 @@ def check_bots(scenarios):
     """True when some scenario needs Melting Pot's bot models (TensorFlow and the assets); exits
     with a one-line error when they are missing."""
     mp = utils.import_meltingpot()
-    needs = {}
-    for name in scenarios:
-        for bot in set().union(*mp.scenario.get_config(name).bots_by_role.values()) - {mp.bot.NOOP_BOT_NAME}:
-            needs.setdefault(name, mp.bot.get_config(bot).model_path)
+
+    def bots(scenario):  # the scenario's bots other than the no-op bot
+        return set().union(*mp.scenario.get_config(scenario).bots_by_role.values()) - {mp.bot.NOOP_BOT_NAME}
+
+    needs = {name: mp.bot.get_config(min(bots(name))).model_path for name in scenarios if bots(name)}
     if not needs:
         return False
     name, model_path = next(iter(needs.items()))
-    noop = [s for s in sorted(mp.scenario.SCENARIOS) if s not in needs and
-            set().union(*mp.scenario.get_config(s).bots_by_role.values()) == {mp.bot.NOOP_BOT_NAME}]
+    noop = [s for s in sorted(mp.scenario.SCENARIOS) if not bots(s)]
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
@@ -180,8 +180,7 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
     return {
         "seed": seed,
         "focal_per_capita_return": float(row["focal_per_capita_return"]),
-        "background_per_capita_return": float(np.mean(row["background_player_returns"]))
-        if len(row["background_player_returns"]) else float("nan"),
+        "background_per_capita_return": float(row["background_per_capita_return"]),
         "focal_player_returns": [float(r) for r in row["focal_player_returns"]],
         "background_player_returns": [float(r) for r in row["background_player_returns"]],
         "background_player_names": list(row["background_player_names"]),
