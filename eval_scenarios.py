@@ -231,6 +231,12 @@ if __name__ == "__main__":
     if args.num_workers is not None and args.num_workers < 1:
         raise SystemExit(f"error: --num-workers must be at least 1, got {args.num_workers}")
     normalise = read_normalise(args.normalise) if args.normalise else None
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {args.device!r} is not a torch device; valid: cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}: no CUDA device here; use --device cpu")
     focal = utils.CheckpointPolicy(args.checkpoint, device=args.device)
     substrate = focal.substrate
     mp = utils.import_meltingpot()

@@ -212,6 +212,7 @@ def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoints):
                                                        "collaborative_cooking__asymmetric has 2 players (valid: 1 to 1)"),
         (["--scenarios", "clean_up_0"], "error: scenario clean_up_0 is on substrate clean_up, but --checkpoint"),
         (["--normalise", "missing.csv"], "error: --normalise missing.csv is not a readable CSV"),
+        (["--device", "gpu"], "error: --device 'gpu' is not a torch device; valid: cpu, cuda, cuda:N"),
     ],
 )
 def test_bad_input_gets_one_line_errors(tmp_path, cooking_checkpoint, flags, expected):
