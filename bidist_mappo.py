@@ -39,6 +39,9 @@ class Args:
     """write the checkpoint every N iterations as well (0: only at the end)"""
     resume: Optional[str] = None
     """path of a checkpoint to continue from; its run's flags become the defaults"""
+    snapshot_every: int = 50
+    """save the actor's weights alone every N iterations to runs/{run_name}/snapshots/ (0: never), for the
+    study's policy-space picture"""
 
     # Environment settings
     substrate: str = "pure_coordination_in_the_matrix__repeated"
@@ -134,8 +137,9 @@ def check_args(args):
     for name in ["num_workers", "max_episode_steps"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.checkpoint_every < 0:
-        raise SystemExit(f"error: --checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    for name in ["checkpoint_every", "snapshot_every"]:
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0.0 <= args.p <= 1.0:
         raise SystemExit(f"error: --p is a probability and must be in [0, 1], got {args.p}")
     for name in ["eta_f", "eta_r"]:
@@ -442,7 +446,7 @@ if __name__ == "__main__":
     if args.phi_init == "theta":
         phi.load_state_dict(actor.state_dict())
     phi_optimizer = optim.Adam(phi.parameters(), lr=args.distill_lr, eps=1e-5)
-    global_step, phases_run = 0, 0
+    global_step, phases_run, last_phase = 0, 0, None  # last_phase: direction of phi's latest phase
     if checkpoint:
         actor.load_state_dict(checkpoint["actor"])
         critic.load_state_dict(checkpoint["critic"])
@@ -450,7 +454,7 @@ if __name__ == "__main__":
         optimizer.load_state_dict(checkpoint["optimizer"])
         phi.load_state_dict(checkpoint["phi"])
         phi_optimizer.load_state_dict(checkpoint["phi_optimizer"])
-        phases_run = checkpoint["phases_run"]
+        phases_run, last_phase = checkpoint["phases_run"], checkpoint.get("last_phase")
         utils.set_rng_state(checkpoint["rng"])
         global_step = checkpoint["global_step"]
 
@@ -480,6 +484,7 @@ if __name__ == "__main__":
             "actor": actor.state_dict(), "critic": critic.state_dict(), "value_norm": value_norm.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
             "phi": phi.state_dict(), "phi_optimizer": phi_optimizer.state_dict(), "phases_run": phases_run,
+            "last_phase": last_phase,
         })
 
     # ALGO Logic: Storage setup, time-major, one column per player row
@@ -615,7 +620,7 @@ if __name__ == "__main__":
             direction = scheduled_phase(iteration, args)
             if direction:
                 phase = distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)
-                phases_run += 1
+                phases_run, last_phase = phases_run + 1, direction
                 writer.add_scalar("distill/direction", 1 if direction == "forward" else -1, global_step)
                 for key, value in phase.items():
                     writer.add_scalar(f"distill/{key}", value, global_step)
@@ -649,6 +654,9 @@ if __name__ == "__main__":
                 print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
                       f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (trained {trained_return}) | "
                       f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
+            if args.snapshot_every and iteration % args.snapshot_every == 0:
+                utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
+                utils.save_snapshot(run_dir, "phi", iteration, global_step, phi, last_phase=last_phase)
             if args.checkpoint_every and iteration % args.checkpoint_every == 0:
                 save(iteration)
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ class Args:
     every scenario of the checkpoint's substrate, unless --background is given"""
     background: list[str] = field(default_factory=list)
     """checkpoints forming a custom background population: each background slot plays one of them,
-    sampled per episode"""
+    sampled per episode; `uniform_random` stands for players acting uniformly at random"""
     num_focal: int = 1
     """focal slots of the custom background scenario (the first K slots; the others are background)"""
     num_episodes: int = 10
@@ -132,13 +132,39 @@ def custom_factory(mp, target, policies):
     )
 
 
-_policies = {}  # per worker process: checkpoint path -> CheckpointPolicy
+RANDOM_BACKGROUND = "uniform_random"  # a --background name for uniformly random players instead of a checkpoint
 
 
-def _policy(path, device):
-    if path not in _policies:
-        _policies[path] = utils.CheckpointPolicy(path, device=device)
-    return _policies[path]
+class UniformRandomPolicy:
+    """A Melting Pot policy that picks every action uniformly at random: the reference background
+    that no training can have prepared for or against. Seeded per slot like utils.CheckpointPolicy."""
+
+    def __init__(self, num_actions):
+        self.num_actions = num_actions
+
+    def initial_state(self):
+        return int(torch.randint(2**62, ())), 0
+
+    def step(self, timestep, prev_state):
+        seed, step = prev_state
+        action = torch.randint(self.num_actions, (), generator=torch.Generator().manual_seed(seed + step))
+        return int(action), (seed, step + 1)
+
+    def close(self):
+        pass
+
+
+_policies = {}  # per worker process: checkpoint path (or RANDOM_BACKGROUND) and substrate -> policy
+
+
+def _policy(path, device, substrate):
+    if (path, substrate) not in _policies:
+        if path == RANDOM_BACKGROUND:
+            num_actions = utils.import_meltingpot().substrate.get_factory(substrate).action_spec().num_values
+            _policies[path, substrate] = UniformRandomPolicy(num_actions)
+        else:
+            _policies[path, substrate] = utils.CheckpointPolicy(path, device=device)
+    return _policies[path, substrate]
 
 
 def _init_worker(with_tensorflow):
@@ -152,8 +178,8 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
     Melting Pot's engine and its background sampling draw from), numpy and torch once the
     policies are loaded (loading one the first time in a worker builds a substrate, which draws
     from `random`), so an episode does not depend on what its worker ran before."""
-    focal = _policy(checkpoint, device)
-    background = {path: _policy(path, device) for path in target.background}
+    focal = _policy(checkpoint, device, target.substrate)
+    background = {path: _policy(path, device, target.substrate) for path in target.background}
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -249,6 +275,8 @@ if __name__ == "__main__":
         targets += [Target(name, substrate) for name in scenarios]
     if args.background:
         for path in args.background:
+            if path == RANDOM_BACKGROUND:
+                continue
             background = utils.CheckpointPolicy(path, flag="--background")
             if background.substrate != substrate:
                 raise SystemExit(f"error: --background {path} was trained on {background.substrate}, "

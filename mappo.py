@@ -38,6 +38,9 @@ class Args:
     """write the checkpoint every N iterations as well (0: only at the end)"""
     resume: Optional[str] = None
     """path of a checkpoint to continue from; its run's flags become the defaults"""
+    snapshot_every: int = 50
+    """save the actor's weights alone every N iterations to runs/{run_name}/snapshots/ (0: never), for the
+    study's policy-space picture"""
 
     # Environment settings
     substrate: str = "pure_coordination_in_the_matrix__repeated"
@@ -110,8 +113,9 @@ def check_args(args):
     for name in ["num_workers", "max_episode_steps"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.checkpoint_every < 0:
-        raise SystemExit(f"error: --checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    for name in ["checkpoint_every", "snapshot_every"]:
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     utils.check_substrate(args.substrate)
 
 
@@ -459,6 +463,8 @@ if __name__ == "__main__":
                 print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
                       f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} | "
                       f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
+            if args.snapshot_every and iteration % args.snapshot_every == 0:
+                utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
             if args.checkpoint_every and iteration % args.checkpoint_every == 0:
                 save(iteration)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@
 """
 
 import difflib
+import json
 import multiprocessing
 import os
 import random
@@ -369,6 +370,22 @@ def save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_snapshot(run_dir: str, population: str, iteration: int, global_step: int, actor: nn.Module, **info) -> None:
+    """Saves the weights of one actor alone, `run_dir/snapshots/{population}_{iteration:06d}.pt`
+    (about 1 MB), for the study's picture of the policy space visited during training."""
+    save_checkpoint(f"{run_dir}/snapshots/{population}_{iteration:06d}.pt", {
+        "population": population, "iteration": iteration, "global_step": global_step,
+        "actor": actor.state_dict(), **info})
+
+
+def save_json(path: str, data) -> None:
+    """Writes `data` as JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:
     """Loads a checkpoint of this project, or exits with a one-line error naming `flag`."""
     if not os.path.isfile(path):
@@ -394,6 +411,24 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
         if saved != given:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")
+
+
+def actor_sizes(substrate_name: str, downsample: bool):
+    """The permitted vector keys of a substrate and the sizes its actor network is built with
+    (rgb_shape, vector_dim, num_actions), read from the built substrate's spec as training saw it
+    (the factory's spec omits wrapper keys such as COLLECTIVE_REWARD)."""
+    from types import SimpleNamespace
+
+    substrate = import_meltingpot().substrate
+    with substrate.build(substrate_name, roles=substrate.get_config(substrate_name).default_player_roles) as env:
+        observation, num_actions = env.observation_spec()[0], env.action_spec()[0].num_values
+    vector_keys = permitted_keys(observation)
+    rgb = observation["RGB"].shape
+    return vector_keys, SimpleNamespace(
+        rgb_shape=(rgb[0] // SPRITE_SIZE, rgb[1] // SPRITE_SIZE, 3) if downsample else tuple(rgb),
+        vector_dim=sum(int(np.prod(observation[k].shape)) for k in vector_keys),
+        num_actions=num_actions,
+    )
 
 
 class CheckpointPolicy:
@@ -422,18 +457,7 @@ class CheckpointPolicy:
         self.path, self.substrate, self.device = path, checkpoint["substrate"], torch.device(device)
         saved = checkpoint["args"]
         self.downsample = saved["downsample"]
-        substrate = import_meltingpot().substrate
-        # the built substrate's spec, as training saw it (the factory's omits wrapper keys such as
-        # COLLECTIVE_REWARD)
-        with substrate.build(self.substrate, roles=substrate.get_config(self.substrate).default_player_roles) as env:
-            observation, num_actions = env.observation_spec()[0], env.action_spec()[0].num_values
-        self.vector_keys = permitted_keys(observation)
-        rgb = observation["RGB"].shape
-        sizes = SimpleNamespace(
-            rgb_shape=(rgb[0] // SPRITE_SIZE, rgb[1] // SPRITE_SIZE, 3) if self.downsample else tuple(rgb),
-            vector_dim=sum(int(np.prod(observation[k].shape)) for k in self.vector_keys),
-            num_actions=num_actions,
-        )
+        self.vector_keys, sizes = actor_sizes(self.substrate, self.downsample)
         actor_class = importlib.import_module(checkpoint["algorithm"]).Actor  # the script's own network
         self.actor = actor_class(sizes, SimpleNamespace(downsample=self.downsample, hidden_size=saved["hidden_size"]))
         self.actor.load_state_dict(checkpoint["actor"])

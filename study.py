@@ -1,0 +1,705 @@
+# The generalisation study: train every (method, seed), then score each trained population as the
+# focal player beside every population it never met, with confidence intervals, tables and plots.
+# Protocol and a measured study: README.md, "Generalisation study"
+import concurrent.futures
+import glob
+import json
+import multiprocessing
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+import torch
+import tyro
+
+import utils
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RANDOM, UNTRAINED = "uniform_random", "untrained"  # the two reference backgrounds
+RUNNER_FLAGS = ("--seed", "--total-timesteps", "--resume")  # set by the study, per run
+
+
+@dataclass
+class Args:
+    out: str = "studies/study"
+    """the study's directory: runs, evaluation results, tables and plots; a second call continues it"""
+    substrate: str = "pure_coordination_in_the_matrix__repeated"
+    """the Melting Pot substrate every method trains and is evaluated on"""
+    methods: list[str] = field(default_factory=lambda: ["mappo", "bidist_mappo"])
+    """training scripts by name, each optionally with flags and a label: `bidist_mappo`, or
+    `"bidist_p03=bidist_mappo --p 0.3"` (label=script flags)"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """training seeds: every method trains once per seed"""
+    total_timesteps: int = 300_000
+    """environment steps of every training run"""
+    train_flags: str = ""
+    """flags for every training run, before each method's own (e.g. "--num-envs 16")"""
+    runs: list[str] = field(default_factory=list)
+    """populations trained elsewhere, added to the study: checkpoints or run directories, optionally
+    `label=path` (default label: the run's exp_name)"""
+    parallel: Optional[int] = None
+    """training runs at a time (default: one per core)"""
+    snapshot_every: Optional[int] = None
+    """passed to the training scripts (default: about 10 snapshots per run)"""
+    num_episodes: int = 10
+    """evaluation episodes per (focal population, background population) pair"""
+    num_focal: int = 1
+    """focal slots per evaluation episode; the other slots play the background population"""
+    num_untrained: int = 3
+    """untrained (randomly initialised) networks forming the `untrained` reference background"""
+    seed: int = 1
+    """seeds the evaluation episodes (derived per pair and episode from the populations' names)"""
+    num_workers: Optional[int] = None
+    """evaluation worker processes (default: one per core)"""
+    reference: Optional[tuple[float, float]] = None
+    """MIN MAX reference returns of the substrate: adds min-max normalised scores"""
+    bootstrap_samples: int = 10_000
+    """resamples of the stratified bootstrap behind every confidence interval"""
+    policy_space: bool = True
+    """draw the policy-space picture from the runs' snapshots (--no-policy-space: skip it)"""
+    train_only: bool = False
+    """stop after training"""
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    script: str
+    flags: tuple
+
+
+def parse_method(spec):
+    """`[label=]script [flags]` -> Method; one-line errors for an unknown script or a flag the study sets."""
+    label, _, rest = spec.partition("=") if "=" in spec.split(" ")[0] else (None, None, spec)
+    words = shlex.split(rest)
+    if not words:
+        raise SystemExit(f"error: --methods {spec!r} names no script")
+    script, flags = words[0].removesuffix(".py"), tuple(words[1:])
+    if not os.path.isfile(os.path.join(ROOT, f"{script}.py")) or script in ("study", "eval_scenarios", "utils"):
+        valid = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
+        raise SystemExit(f"error: --methods {spec!r}: no training script {script}.py; valid: {', '.join(valid)}")
+    for flag in flags:
+        if flag.split("=")[0] in RUNNER_FLAGS:
+            raise SystemExit(f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
+                             f"(use --seeds / --total-timesteps)")
+    if label is None:
+        label = script + "".join(f"_{w.lstrip('-')}" for w in flags)
+    if not label or any(c in label for c in "/ "):
+        raise SystemExit(f"error: --methods {spec!r}: the label must be non-empty, without '/' or spaces")
+    return Method(label, script, flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: every (method, seed) as a subprocess in its own directory, resumed where it stopped
+
+
+@dataclass
+class Run:
+    method: Method
+    seed: int
+    directory: str  # the training script's working directory: its run lands in directory/runs/
+
+    @property
+    def name(self):
+        return f"{self.method.label}__seed{self.seed}"
+
+    def checkpoint(self):
+        found = sorted(glob.glob(f"{self.directory}/runs/*/checkpoint.pt"))
+        return found[-1] if found else None
+
+
+def run_status(run, total_timesteps):
+    """"done" (its final checkpoint has `total_timesteps`), "resume" (a checkpoint short of it) or "new"."""
+    path = run.checkpoint()
+    if path is None:
+        return "new"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint["args"]
+    iterations = total_timesteps // (saved["num_envs"] * saved["num_steps"])
+    return "done" if checkpoint["iteration"] >= iterations else "resume"
+
+
+def train_command(run, args, status, threads_workers):
+    """The training command of `run`: the method's flags after the study's, a resume when it has a checkpoint."""
+    threads, workers = threads_workers
+    command = [sys.executable, os.path.join(ROOT, f"{run.method.script}.py"), "--seed", str(run.seed),
+               "--substrate", args.substrate, "--total-timesteps", str(args.total_timesteps)]
+    flag_names = {f.split("=")[0] for f in shlex.split(args.train_flags) + list(run.method.flags)}
+    if "--num-workers" not in flag_names:
+        command += ["--num-workers", str(workers)]
+    if "--snapshot-every" not in flag_names:
+        command += ["--snapshot-every", str(args.snapshot_every)]
+    command += shlex.split(args.train_flags) + list(run.method.flags)
+    if status == "resume":
+        command += ["--resume", os.path.abspath(run.checkpoint())]
+    return command
+
+
+def thread_env(threads):
+    """The environment of a training subprocess: `threads` torch/BLAS threads, so that parallel runs
+    do not fight for the cores (two default runs side by side on 2 cores: 117 + 36 env steps/s;
+    with one thread each: 282 + 329)."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    return env
+
+
+def last_progress(log_path):
+    """The last progress line (`iter ...`) of a training log, shortened, or ''."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 4096))
+            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.startswith("iter ")]
+    except OSError:
+        return ""
+    return " | ".join(lines[-1].split(" | ")[:4]) if lines else ""
+
+
+def train_all(runs, args):
+    """Trains every run that is not done, `parallel` at a time; returns when all are done. A failed
+    run ends the study with one line naming it and its log, after the others finish."""
+    cores = os.cpu_count() or 1
+    parallel = args.parallel or cores
+    threads_workers = (max(1, cores // parallel), max(1, cores // parallel))
+    pending = []
+    for run in runs:
+        status = run_status(run, args.total_timesteps)
+        if status == "done":
+            print(f"{run.name}: finished, not retrained ({run.checkpoint()})")
+        else:
+            if status == "new":  # a run killed before its first checkpoint starts over
+                for stale in glob.glob(f"{run.directory}/runs/*"):
+                    subprocess.run(["rm", "-rf", stale], check=True)
+            pending.append((run, status))
+    if not pending:
+        return
+    print(f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {threads_workers[0]} torch "
+          f"thread(s) and {threads_workers[1]} env worker(s) each; logs in {args.out}/<run>/train.log", flush=True)
+    running, failed, last_print = {}, [], 0.0
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                run, status = pending.pop(0)
+                os.makedirs(run.directory, exist_ok=True)
+                log = open(f"{run.directory}/train.log", "a")
+                command = train_command(run, args, status, threads_workers)
+                log.write(f"$ {shlex.join(command)}\n")
+                log.flush()
+                running[run.name] = (run, log, subprocess.Popen(
+                    command, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads_workers[0])))
+                print(f"{run.name}: {'resumed from ' + run.checkpoint() if status == 'resume' else 'started'}", flush=True)
+            time.sleep(1)
+            for name, (run, log, process) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if process.returncode == 0:
+                    print(f"{name}: finished", flush=True)
+                else:
+                    failed.append(run)
+                    print(f"{name}: FAILED (exit code {process.returncode}), see {run.directory}/train.log", flush=True)
+            if running and time.time() - last_print > 60:
+                last_print = time.time()
+                for name, (run, _, _) in running.items():
+                    print(f"  {name}: {last_progress(f'{run.directory}/train.log')}", flush=True)
+    except KeyboardInterrupt:
+        for run, log, process in running.values():  # the scripts save a checkpoint on Ctrl-C
+            process.send_signal(signal.SIGINT)
+        for run, log, process in running.values():
+            process.wait()
+        raise SystemExit("interrupted: checkpoints saved; the same command continues the study") from None
+    if failed:
+        raise SystemExit(f"error: {len(failed)} training run(s) failed: "
+                         f"{', '.join(f'{r.name} ({r.directory}/train.log)' for r in failed)}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-play: every focal population beside every background population, in parallel episodes
+
+
+@dataclass(frozen=True)
+class Population:
+    """A trained population: the theta of one run's final checkpoint."""
+
+    method: str
+    seed: int
+    checkpoint: str
+
+    @property
+    def name(self):
+        return f"{self.method}__seed{self.seed}"
+
+
+def external_population(spec):
+    """`[label=]path` of --runs (a checkpoint or a run directory) -> Population, or a one-line error."""
+    label, _, path = spec.partition("=") if "=" in spec and not os.path.exists(spec) else (None, None, spec)
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    saved = utils.load_checkpoint(path, "--runs")["args"]
+    return Population(label or saved["exp_name"], saved["seed"], path)
+
+
+def untrained_checkpoints(out, substrate, like, count):
+    """`count` randomly initialised actors (seeds 1..count) of the trained populations' architecture,
+    written once as checkpoints under OUT/reference/, for the `untrained` reference background."""
+    import mappo  # the shared actor architecture
+
+    saved = torch.load(like, map_location="cpu", weights_only=False)["args"]
+    paths = []
+    for seed in range(1, count + 1):
+        path = f"{out}/reference/untrained_{seed}.pt"
+        if not os.path.exists(path):
+            _, sizes = utils.actor_sizes(substrate, saved["downsample"])
+            torch.manual_seed(seed)
+            actor = mappo.Actor(sizes, SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"]))
+            utils.save_checkpoint(path, {
+                "algorithm": "mappo", "substrate": substrate, "iteration": 0, "global_step": 0, "actor": actor.state_dict(),
+                "args": {"exp_name": UNTRAINED, "seed": seed, "downsample": saved["downsample"],
+                         "hidden_size": saved["hidden_size"]}})
+        paths.append(path)
+    return paths
+
+
+def episode_seed(seed, focal, background, episode):
+    """An episode's seed from the study seed and the two populations' names, so that adding a method
+    or a seed to a study leaves every earlier pair's episodes as they were."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(focal.encode()), zlib.crc32(background.encode()),
+                                       episode]).generate_state(1)[0])
+
+
+def _init_quiet_worker():
+    """An evaluation worker (eval_scenarios') whose stderr is closed: some substrates' engines print
+    warnings at every episode's build, which would bury the progress bar. Errors still come back as
+    exceptions."""
+    import eval_scenarios
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    eval_scenarios._init_worker(False)
+
+
+def crossplay(populations, backgrounds, args):
+    """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
+    [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
+    A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
+    all done, so an interrupted evaluation continues where it stopped."""
+    import eval_scenarios
+
+    os.makedirs(f"{args.out}/crossplay", exist_ok=True)
+    scenario = f"{args.substrate}__background_{args.num_focal}_focal"
+    results, todo, steps = {}, [], {}
+
+    def step(path):  # a checkpoint's global step
+        if path not in steps:
+            steps[path] = 0 if not os.path.isfile(path) else \
+                torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+        return steps[path]
+
+    for focal in populations:
+        for name, paths in backgrounds.items():
+            cache = f"{args.out}/crossplay/{focal.name}__vs__{name}.json"
+            # a checkpoint trained further since (a longer study) makes the cached episodes stale
+            key = {"focal": [focal.checkpoint, step(focal.checkpoint)], "background": [[p, step(p)] for p in paths],
+                   "seed": args.seed, "num_focal": args.num_focal}
+            if os.path.exists(cache):
+                with open(cache) as f:
+                    cached = json.load(f)
+                if cached["key"] == key and len(cached["episodes"]) >= args.num_episodes:
+                    results[focal.name, name] = cached["episodes"][: args.num_episodes]
+                    continue
+            target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)
+            todo.append((focal, name, key, cache, target))
+    if not todo:
+        return results
+    num_workers = args.num_workers or os.cpu_count() or 1
+    print(f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
+          f"{num_workers} worker(s)", flush=True)
+    executor = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_quiet_worker)
+    from tqdm import tqdm
+
+    try:
+        futures, episodes = {}, {}
+        for focal, name, key, cache, target in todo:
+            episodes[focal.name, name] = [None] * args.num_episodes
+            for episode in range(args.num_episodes):
+                seed = episode_seed(args.seed, focal.name, name, episode)
+                future = executor.submit(eval_scenarios.run_episode, target, seed, focal.checkpoint, "cpu")
+                futures[future] = (focal, name, key, cache, episode)
+        with tqdm(total=len(futures), unit="episode", desc="cross-play") as progress:
+            for future in concurrent.futures.as_completed(futures):
+                focal, name, key, cache, episode = futures[future]
+                try:
+                    result = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise SystemExit(f"error: an evaluation worker died during {focal.name} vs {name} "
+                                     f"(out of memory?)") from None
+                except Exception as e:
+                    raise SystemExit(f"error: {focal.name} vs {name} episode {episode} failed: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                pair = episodes[focal.name, name]
+                pair[episode] = result["focal_per_capita_return"]
+                if all(r is not None for r in pair):
+                    results[focal.name, name] = pair
+                    utils.save_json(cache, {"key": key, "episodes": pair})
+                progress.update()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: a stratified bootstrap over focal seeds and background populations
+
+
+def held_out_mask(focal_names, background_names):
+    """(focal, background) -> True where the background is a population the focal never met: every
+    trained population but the focal's own run."""
+    return np.array([[b != f for b in background_names] for f in focal_names])
+
+
+def summarise_method(matrix, rows, own, samples, rng):
+    """Point estimates and 95% percentile-bootstrap intervals for one method.
+
+    `matrix` (focal, trained background) holds mean focal returns, `rows` the focal rows of this
+    method and `own[r]` the column of row r's own run. Each bootstrap sample redraws, with
+    replacement, the method's focal seeds and the background populations (stratified: the two are
+    drawn separately, as rliable stratifies by task), and averages every held-out pair of the draw;
+    the same draw gives the self-play mean and the gap, so the three intervals agree."""
+    rows, own = np.asarray(rows), np.asarray(own)
+    columns = np.arange(matrix.shape[1])
+    held = columns[None, :] != own[rows][:, None]
+    estimate = {"self_play": matrix[rows, own[rows]].mean(), "held_out": matrix[rows][held].mean()}
+    estimate["gap"] = estimate["self_play"] - estimate["held_out"]
+    focal = rng.choice(rows, size=(samples, len(rows)))
+    background = rng.choice(columns, size=(samples, len(columns)))
+    values = matrix[focal[:, :, None], background[:, None, :]]  # (samples, focal, background)
+    mask = background[:, None, :] != own[focal][:, :, None]
+    with np.errstate(invalid="ignore"):
+        held_out = (values * mask).sum((1, 2)) / mask.sum((1, 2))  # nan where a draw holds no held-out pair
+    self_play = matrix[focal, own[focal]].mean(1)
+    draws = {"held_out": held_out, "self_play": self_play, "gap": self_play - held_out}
+    return {key: (float(estimate[key]), *np.nanpercentile(draws[key], [2.5, 97.5]).tolist()) for key in estimate}
+
+
+def summarise_reference(values, samples, rng):
+    """Mean over focal seeds of one method's return beside a reference background, with a 95%
+    percentile-bootstrap interval over those seeds."""
+    values = np.asarray(values)
+    draws = values[rng.integers(len(values), size=(samples, len(values)))].mean(1)
+    return (float(values.mean()), *np.percentile(draws, [2.5, 97.5]).tolist())
+
+
+def statistics(populations, results, args):
+    """The study's numbers: the cross-play matrix and, per method, the summaries of the table."""
+    names = [p.name for p in populations]
+    matrix = np.array([[np.mean(results[f, b]) for b in names] for f in names])
+    rng = np.random.default_rng(args.seed)
+    methods = list(dict.fromkeys(p.method for p in populations))
+    summary = {}
+    for method in methods:
+        rows = [i for i, p in enumerate(populations) if p.method == method]
+        entry = {"focal_seeds": len(rows)}
+        if len(populations) > 1:
+            entry.update(summarise_method(matrix, rows, np.arange(len(names)), args.bootstrap_samples, rng))
+        for reference in (RANDOM, UNTRAINED):
+            if (names[rows[0]], reference) in results:
+                entry[reference] = summarise_reference([np.mean(results[names[r], reference]) for r in rows],
+                                                       args.bootstrap_samples, rng)
+        if args.reference and "held_out" in entry:
+            low, high = args.reference
+            entry["held_out_normalised"] = tuple((v - low) / (high - low) for v in entry["held_out"])
+        summary[method] = entry
+    return matrix, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: markdown table, CSV/JSON matrix, heatmap, per-method intervals
+
+
+def interval(value):
+    return "-" if value is None else f"{value[0]:.2f} [{value[1]:.2f}, {value[2]:.2f}]"
+
+
+def markdown_table(summary, args):
+    normalised = args.reference is not None
+    header = ["method", "focal seeds", "self-play", "held-out (never met)", "gap (self-play - held-out)",
+              "vs uniform random", "vs untrained"] + (["held-out, normalised"] if normalised else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, s in summary.items():
+        cells = [method, str(s["focal_seeds"]), interval(s.get("self_play")), interval(s.get("held_out")),
+                 interval(s.get("gap")), interval(s.get(RANDOM)), interval(s.get(UNTRAINED))]
+        if normalised:
+            cells.append(interval(s.get("held_out_normalised")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(populations, backgrounds, results, matrix, summary, args):
+    """OUT/results.md (the table), crossplay.csv (one row per pair), crossplay.json (matrix, summary,
+    every episode), crossplay_heatmap.png and methods.png. Returns the table."""
+    import pandas as pd
+
+    table = markdown_table(summary, args)
+    names = [p.name for p in populations]
+    with open(f"{args.out}/results.md", "w") as f:
+        f.write(f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
+                f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
+                f"[95% stratified-bootstrap interval]\n\n{table}\n")
+    rows = []
+    for focal in populations:
+        for name in backgrounds:
+            if (focal.name, name) in results:
+                returns = results[focal.name, name]
+                rows.append({"focal": focal.name, "focal_method": focal.method, "focal_seed": focal.seed,
+                             "background": name, "relation": "self-play" if name == focal.name else
+                             "reference" if name in (RANDOM, UNTRAINED) else "held-out",
+                             "episodes": len(returns), "focal_per_capita_return": float(np.mean(returns)),
+                             "std": float(np.std(returns, ddof=1)) if len(returns) > 1 else float("nan")})
+    pd.DataFrame(rows).to_csv(f"{args.out}/crossplay.csv", index=False)
+    utils.save_json(f"{args.out}/crossplay.json", {
+        "substrate": args.substrate, "num_episodes": args.num_episodes, "num_focal": args.num_focal, "seed": args.seed,
+        "populations": [asdict(p) for p in populations], "matrix": {"focal": names, "background": names,
+                                                                    "mean_focal_return": matrix.tolist()},
+        "summary": summary, "episodes": [dict(r, returns=results[r["focal"], r["background"]]) for r in rows]})
+    plot_heatmap(populations, backgrounds, results, f"{args.out}/crossplay_heatmap.png", args.substrate)
+    plot_methods(summary, f"{args.out}/methods.png", args.substrate)
+    return table
+
+
+def plot_heatmap(populations, backgrounds, results, path, title):
+    """Focal rows x background columns of mean focal per-capita return; self-play cells outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [name for name in backgrounds if all((p.name, name) in results for p in populations)]
+    values = np.array([[np.mean(results[p.name, c]) for c in columns] for p in populations])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(columns), 1.2 + 0.55 * len(populations)))
+    image = ax.imshow(values, cmap="viridis")
+    for i, p in enumerate(populations):
+        for j, c in enumerate(columns):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if values[i, j] > values.mean() else "white")
+            if c == p.name:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(populations)), [p.name for p in populations], fontsize=8)
+    ax.set_xlabel("background population")
+    ax.set_ylabel("focal population")
+    ax.set_title(f"cross-play: focal per-capita return\n{title} (red: self-play)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_methods(summary, path, title):
+    """Per method: held-out return with its 95% interval, self-play and the reference backgrounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(methods), 3.5))
+    kinds = [("held_out", "held-out (never met)"), ("self_play", "self-play"), (RANDOM, "vs uniform random"),
+             (UNTRAINED, "vs untrained")]
+    width = 0.8 / len(kinds)
+    for k, (key, label) in enumerate(kinds):
+        x = [i + (k - (len(kinds) - 1) / 2) * width for i, m in enumerate(methods) if key in summary[m]]
+        entries = [summary[m][key] for m in methods if key in summary[m]]
+        if entries:
+            means = np.array([e[0] for e in entries])
+            errors = np.array([[e[0] - e[1], e[2] - e[0]] for e in entries]).T
+            ax.bar(x, means, width, yerr=errors, capsize=3, label=label)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("focal per-capita return")
+    ax.set_title(f"{title}: mean and 95% bootstrap interval", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy space: where the snapshots of theta (and BiDist's phi) sit, by their action distributions
+
+
+def probe_observations(substrate, downsample, seed, num_envs=4, num_steps=100):
+    """A fixed probe set: `num_steps` steps of uniformly random play in `num_envs` environments, as
+    time-major actor inputs (rgb, vector, dones) of shape (num_steps, num_envs * players, ...)."""
+    envs = utils.MeltingPotVecEnv(substrate, num_envs, seed=seed, num_workers=1, downsample=downsample)
+    try:
+        obs, rng = envs.reset(), np.random.default_rng(seed)
+        done = np.zeros(num_envs * envs.num_players, dtype=np.float32)
+        rgb, vector, dones = [], [], []
+        for _ in range(num_steps):
+            rgb.append(obs["rgb"]), vector.append(obs["vector"]), dones.append(done)
+            obs, _, done, _ = envs.step(rng.integers(envs.num_actions, size=num_envs * envs.num_players))
+            done = done.astype(np.float32)
+    finally:
+        envs.close()
+    return tuple(torch.as_tensor(np.stack(x)) for x in (rgb, vector, dones))
+
+
+@torch.no_grad()
+def action_distributions(actor, probe):
+    """The actor's action probabilities on every probe observation, flattened to one vector: the
+    LSTM unrolled over each probe sequence from a zero state, as in training."""
+    rgb, vector, dones = probe
+    state = actor.initial_state(rgb.shape[1], "cpu")
+    hidden, _ = actor.get_states(rgb.flatten(0, 1), vector.flatten(0, 1), state, dones.flatten())
+    return actor.policy(hidden).softmax(-1).flatten().numpy()
+
+
+def policy_space(populations, args):
+    """Embeds the action distributions of every run's snapshots (theta, and phi where the run has one)
+    and final theta on the probe set with t-SNE, and draws them: one colour per method and
+    population, later snapshots larger, final populations as stars, each run's theta path as a line.
+    Writes OUT/policy_space.png and the points to OUT/policy_space.csv."""
+    import pandas as pd
+    from sklearn.manifold import TSNE
+
+    first = utils.CheckpointPolicy(populations[0].checkpoint)
+    probe = probe_observations(args.substrate, first.downsample, args.seed)
+    points, features = [], []
+    for population in populations:
+        policy = utils.CheckpointPolicy(population.checkpoint)
+        if policy.downsample != first.downsample:
+            print(f"policy space: {population.name} skipped (other --downsample than {populations[0].name})")
+            continue
+        checkpoint = torch.load(population.checkpoint, map_location="cpu", weights_only=False)
+        snapshots = sorted(glob.glob(f"{os.path.dirname(population.checkpoint)}/snapshots/*.pt"))
+        for path in snapshots + [population.checkpoint]:
+            snapshot = torch.load(path, map_location="cpu", weights_only=False)
+            if path != population.checkpoint and snapshot["iteration"] == checkpoint["iteration"] and \
+                    snapshot["population"] == "theta":
+                continue  # the final theta is the checkpoint's
+            policy.actor.load_state_dict(snapshot["actor"])
+            final = path == population.checkpoint
+            points.append({"method": population.method, "seed": population.seed,
+                           "population": "theta" if final else snapshot["population"],
+                           "iteration": snapshot["iteration"], "fraction": snapshot["iteration"] /
+                           max(1, checkpoint["args"]["num_iterations"]), "final": final,
+                           "last_phase": snapshot.get("last_phase")})
+            features.append(action_distributions(policy.actor, probe))
+    if len(points) < 4:
+        print("policy space: fewer than 4 snapshots, no picture")
+        return
+    embedding = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=args.seed).fit_transform(
+        np.stack(features))
+    table = pd.DataFrame(points).assign(x=embedding[:, 0], y=embedding[:, 1])
+    table.to_csv(f"{args.out}/policy_space.csv", index=False)
+    plot_policy_space(table, f"{args.out}/policy_space.png", args.substrate, probe[0].shape[:2])
+
+
+def plot_policy_space(table, path, title, probe_shape):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    groups = list(dict.fromkeys(zip(table["method"], table["population"])))
+    colours = plt.get_cmap("tab10")
+    for g, (method, population) in enumerate(groups):
+        rows = table[(table["method"] == method) & (table["population"] == population)]
+        colour = colours(g % 10)
+        for _, run in rows[~rows["final"]].groupby("seed"):
+            run = run.sort_values("iteration")
+            ax.plot(run["x"], run["y"], color=colour, alpha=0.25, linewidth=0.8)
+        snaps = rows[~rows["final"]]
+        ax.scatter(snaps["x"], snaps["y"], s=10 + 50 * snaps["fraction"], color=colour, alpha=0.7,
+                   label=f"{method} {population}")
+        finals = rows[rows["final"]]
+        ax.scatter(finals["x"], finals["y"], s=200, marker="*", color=colour, edgecolor="black", linewidth=0.8)
+    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {probe_shape[0]} x {probe_shape[1]} "
+                 f"probe observations)\nlarger = later in training, stars = final trained populations", fontsize=8)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def check_study(args):
+    """One-line errors for impossible settings; records the study's substrate in OUT/study.json, so
+    that a later call with another substrate is refused instead of mixing populations."""
+    for name in ["total_timesteps", "num_episodes", "num_focal", "bootstrap_samples"]:
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ["parallel", "num_workers", "snapshot_every"]:
+        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "snapshot_every" else 1):
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_untrained < 0:
+        raise SystemExit(f"error: --num-untrained must be >= 0, got {args.num_untrained}")
+    if args.reference is not None and args.reference[1] <= args.reference[0]:
+        raise SystemExit(f"error: --reference MIN MAX needs MIN < MAX, got {args.reference[0]} {args.reference[1]}")
+    utils.check_substrate(args.substrate)
+    methods = [parse_method(m) for m in args.methods]
+    labels = [m.label for m in methods]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "
+                         f"name them apart with label=script ...")
+    os.makedirs(args.out, exist_ok=True)
+    record = f"{args.out}/study.json"
+    if os.path.exists(record):
+        with open(record) as f:
+            saved = json.load(f)
+        if saved["substrate"] != args.substrate:
+            raise SystemExit(f"error: --out {args.out} holds a study on {saved['substrate']}, not {args.substrate}; "
+                             f"use another --out")
+    with open(record, "w") as f:
+        json.dump({"substrate": args.substrate, "methods": args.methods, "seeds": args.seeds,
+                   "total_timesteps": args.total_timesteps}, f, indent=1)
+    return methods
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    methods = check_study(args)
+    if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
+        args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
+    runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
+    train_all(runs, args)
+    if args.train_only:
+        raise SystemExit(0)
+
+    populations = [Population(r.method.label, r.seed, r.checkpoint()) for r in runs]
+    populations += [external_population(spec) for spec in args.runs]
+    for p in populations:
+        substrate = torch.load(p.checkpoint, map_location="cpu", weights_only=False)["substrate"]
+        if substrate != args.substrate:
+            raise SystemExit(f"error: --runs {p.checkpoint} was trained on {substrate}, not --substrate {args.substrate}")
+    names = [p.name for p in populations]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; "
+                         f"label --runs apart with label=path")
+    backgrounds = {p.name: (p.checkpoint,) for p in populations}
+    backgrounds[RANDOM] = ("uniform_random",)
+    if args.num_untrained:
+        backgrounds[UNTRAINED] = tuple(untrained_checkpoints(args.out, args.substrate, populations[0].checkpoint,
+                                                             args.num_untrained))
+    results = crossplay(populations, backgrounds, args)
+    matrix, summary = statistics(populations, results, args)
+    table = write_outputs(populations, backgrounds, results, matrix, summary, args)
+    print(f"\n{table}\n")
+    if args.policy_space:
+        policy_space(populations, args)
+    print(f"written to {args.out}/: results.md, crossplay.csv, crossplay.json, crossplay_heatmap.png, methods.png"
+          + (", policy_space.png" if args.policy_space else ""))

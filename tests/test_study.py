@@ -1,0 +1,171 @@
+"""The generalisation study runner: method parsing, resume decisions, held-out sets, the bootstrap
+against an exhaustive enumeration, the writers, and a tiny study end to end."""
+import glob
+import itertools
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, run_script
+from study import (RANDOM, UNTRAINED, Method, Population, Run, held_out_mask, parse_method, run_status,
+                   statistics, summarise_method, train_command, write_outputs)
+
+
+def test_methods_parse_with_labels_flags_and_one_line_errors():
+    assert parse_method("mappo") == Method("mappo", "mappo", ())
+    assert parse_method("bidist_mappo --p 0.3") == Method("bidist_mappo_p_0.3", "bidist_mappo", ("--p", "0.3"))
+    assert parse_method("low_p=bidist_mappo.py --p 0.1") == Method("low_p", "bidist_mappo", ("--p", "0.1"))
+    with pytest.raises(SystemExit, match=r"error: --methods 'ppo': no training script ppo.py; valid: bidist_mappo, mappo"):
+        parse_method("ppo")
+    with pytest.raises(SystemExit, match="sets --seed, which the study sets per run"):
+        parse_method("mappo --seed 3")
+
+
+def fake_checkpoint(path, iteration, num_envs=8, num_steps=128, **extra):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"algorithm": "mappo", "iteration": iteration, "global_step": iteration * num_envs * num_steps,
+                "args": {"num_envs": num_envs, "num_steps": num_steps}, **extra}, path)
+
+
+def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
+    run = Run(Method("mappo", "mappo", ("--num-envs", "4")), 2, str(tmp_path / "mappo__seed2"))
+    args = SimpleNamespace(substrate="coins", total_timesteps=10 * 4 * 128, snapshot_every=5, train_flags="--num-steps 128")
+    assert run_status(run, args.total_timesteps) == "new"
+    command = train_command(run, args, "new", (1, 1))
+    assert command[1].endswith("mappo.py") and "--resume" not in command
+    assert command[command.index("--seed") + 1] == "2" and command[command.index("--num-workers") + 1] == "1"
+    assert command.index("--num-steps") < command.index("--num-envs"), "the method's flags come last"
+
+    fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=7, num_envs=4)
+    assert run_status(run, args.total_timesteps) == "resume", "7 of 10 iterations: resume"
+    command = train_command(run, args, "resume", (1, 1))
+    assert command[-2:] == ["--resume", f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt"]  # absolute (tmp_path)
+
+    fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=10, num_envs=4)
+    assert run_status(run, args.total_timesteps) == "done"
+    assert run_status(run, 2 * args.total_timesteps) == "resume", "a longer study continues a finished run"
+
+
+def test_the_held_out_set_never_holds_the_focal_run():
+    names = ["a__seed1", "a__seed2", "b__seed1"]
+    mask = held_out_mask(names, names)
+    assert not mask.diagonal().any() and mask.sum() == 6
+    # own run worth 100, every never-met population 1: the held-out estimate and every bootstrap
+    # draw see only the 1s, self-play only the 100s
+    matrix = np.where(mask, 1.0, 100.0)
+    summary = summarise_method(matrix, [0, 1], np.arange(3), 2000, np.random.default_rng(0))
+    assert summary["held_out"] == (1.0, 1.0, 1.0)
+    assert summary["self_play"] == (100.0, 100.0, 100.0) and summary["gap"] == (99.0, 99.0, 99.0)
+
+
+def test_bootstrap_interval_matches_an_exhaustive_enumeration():
+    matrix = np.array([[5.0, 1.0, 2.0], [3.0, 6.0, 0.0], [4.0, 8.0, 7.0]])
+    rows, own = [0, 1], np.arange(3)
+    # point estimates by hand: held-out pairs (0,1) (0,2) (1,0) (1,2) -> (1 + 2 + 3 + 0) / 4; self-play (5 + 6) / 2
+    summary = summarise_method(matrix, rows, own, 200_000, np.random.default_rng(1))
+    assert summary["held_out"][0] == 1.5 and summary["self_play"][0] == 5.5 and summary["gap"][0] == 4.0
+    # every equally likely draw: 2 focal seeds from {0, 1} and 3 backgrounds from {0, 1, 2}
+    held_out, gap = [], []
+    for focal in itertools.product(rows, repeat=2):
+        for background in itertools.product(range(3), repeat=3):
+            pairs = [matrix[f, b] for f in focal for b in background if b != f]
+            if pairs:
+                held_out.append(np.mean(pairs))
+                gap.append(np.mean([matrix[f, f] for f in focal]) - np.mean(pairs))
+            else:
+                gap.append(np.nan)
+    exact = np.percentile(held_out, [2.5, 97.5])
+    assert summary["held_out"][1:] == pytest.approx(exact, abs=0.05)
+    assert summary["gap"][1:] == pytest.approx(np.nanpercentile(gap, [2.5, 97.5]), abs=0.05)
+
+
+def synthetic_study(tmp_path):
+    populations = [Population("mappo", s, f"m{s}.pt") for s in (1, 2)] + [Population("bidist", s, f"b{s}.pt") for s in (1, 2)]
+    names = [p.name for p in populations]
+    backgrounds = {**{n: (n,) for n in names}, RANDOM: (RANDOM,), UNTRAINED: ("u.pt",)}
+    rng = np.random.default_rng(0)
+    results = {(f, b): list(rng.normal(2.0 if f == b else 1.0, 0.1, size=3)) for f in names for b in backgrounds}
+    args = SimpleNamespace(out=str(tmp_path), substrate="coins", num_episodes=3, num_focal=1, seed=1,
+                           bootstrap_samples=1000, reference=(0.0, 4.0))
+    return populations, backgrounds, results, args
+
+
+def test_table_matrix_and_plots_are_written(tmp_path):
+    populations, backgrounds, results, args = synthetic_study(tmp_path)
+    matrix, summary = statistics(populations, results, args)
+    assert matrix.shape == (4, 4) and matrix[1, 2] == pytest.approx(np.mean(results["mappo__seed2", "bidist__seed1"]))
+    table = write_outputs(populations, backgrounds, results, matrix, summary, args)
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | focal seeds | self-play | held-out (never met) |") and len(lines) == 4
+    mappo = summary["mappo"]
+    held = np.mean([np.mean(results[f, b]) for f in ("mappo__seed1", "mappo__seed2")
+                    for b in ("mappo__seed1", "mappo__seed2", "bidist__seed1", "bidist__seed2") if b != f])
+    assert mappo["held_out"][0] == pytest.approx(held) and mappo["held_out"][1] <= held <= mappo["held_out"][2]
+    assert mappo["held_out_normalised"][0] == pytest.approx(held / 4)
+    assert f"| mappo | 2 | {mappo['self_play'][0]:.2f} [" in table and table in open(tmp_path / "results.md").read()
+
+    csv = pd.read_csv(tmp_path / "crossplay.csv")
+    assert len(csv) == 4 * 6
+    assert set(csv[csv.focal == csv.background].relation) == {"self-play"}
+    assert (csv.relation == "held-out").sum() == 12 and (csv.relation == "reference").sum() == 8
+    report = json.load(open(tmp_path / "crossplay.json"))
+    assert np.allclose(report["matrix"]["mean_focal_return"], matrix)
+    for name in ("crossplay_heatmap.png", "methods.png"):
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(tmp_path / name) > 10_000
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_then_resumed(tmp_path):
+    train_flags = "--train-flags=" + " ".join(TINY)
+    flags = ["--out", "study", "--substrate", "collaborative_cooking__asymmetric", "--seeds", "1", "2",
+             "--total-timesteps", "32", train_flags, "--num-episodes", "1", "--num-untrained", "1"]
+    first = run_script("study.py", *flags, cwd=tmp_path, timeout=600)
+    out = tmp_path / "study"
+    for name in ("results.md", "crossplay.csv", "crossplay.json", "crossplay_heatmap.png", "methods.png",
+                 "policy_space.png"):
+        assert (out / name).exists(), name
+    assert "| mappo | 2 |" in first.stdout and "| bidist_mappo | 2 |" in first.stdout
+    pairs = pd.read_csv(out / "crossplay.csv")
+    assert len(pairs) == 4 * (4 + 2) and set(pairs.background) >= {RANDOM, UNTRAINED}
+    space = pd.read_csv(out / "policy_space.csv")
+    assert set(zip(space.method, space.population)) == {("mappo", "theta"), ("bidist_mappo", "theta"),
+                                                        ("bidist_mappo", "phi")}
+
+    checkpoints = sorted(glob.glob(f"{out}/*/runs/*/checkpoint.pt"))
+    assert len(checkpoints) == 4
+    mtimes = [os.path.getmtime(c) for c in checkpoints]
+    again = run_script("study.py", *flags, "--no-policy-space", cwd=tmp_path)
+    assert again.stdout.count("finished, not retrained") == 4 and "cross-play:" not in again.stdout
+    assert [os.path.getmtime(c) for c in checkpoints] == mtimes
+
+    # a longer study continues each run from its checkpoint (as after a kill), in the same run directory
+    longer = [f if f != "32" else "64" for f in flags]
+    run_script("study.py", *longer, "--methods", "mappo", "--seeds", "1", "--train-only", cwd=tmp_path)
+    log = open(out / "mappo__seed1/train.log").read()
+    commands = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
+    (checkpoint,) = glob.glob(f"{out}/mappo__seed1/runs/*/checkpoint.pt")
+    assert torch.load(checkpoint, weights_only=False)["iteration"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--methods", "ppo"], "error: --methods 'ppo': no training script ppo.py"),
+        (["--methods", "mappo", "mappo"], "error: --methods: two methods have the label 'mappo'"),
+        (["--seeds", "1", "--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
+        (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up"),
+        (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
+    ],
+)
+def test_bad_input_gets_one_line_errors(tmp_path, flags, expected):
+    result = run_script("study.py", "--out", "s", *flags, cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert expected in result.stderr.strip().splitlines()[-1]
