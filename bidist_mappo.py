@@ -1,5 +1,7 @@
 # BiDist (Bidirectional Distillation) on MAPPO, Melting Pot, CleanRL style. Spec: ALGORITHM.md in the
 # shared docs; flags, logs and measured results: README.md
+import copy
+import math
 import os
 import random
 import time
@@ -110,6 +112,12 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
+    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "jsd"] = "capped-kl"
+    """the reverse phase's loss: capped-kl (the literal reading), trust-region, anti-target or jsd (README)"""
+    reverse_trust: float = 1.0
+    """trust-region: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
+    reverse_temperature: float = 1.0
+    """anti-target: tau of the target q = softmax(-tau * log pi_hist)"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -145,7 +153,9 @@ def check_args(args):
     for name in ["eta_f", "eta_r"]:
         if getattr(args, name) < 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ["kl_cap", "distill_lr"]:
+    if args.reverse_trust < 0:
+        raise SystemExit(f"error: --reverse-trust must be >= 0, got {args.reverse_trust}")
+    for name in ["kl_cap", "distill_lr", "reverse_temperature"]:
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     utils.check_substrate(args.substrate)
@@ -348,6 +358,42 @@ def reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap):
     return -eta_r * torch.clamp(kl_divergence(hist_logits, phi_logits), max=kl_cap).mean()
 
 
+def trust_region_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta):
+    """The capped push of reverse_distillation_loss plus beta * mean KL(pi_phi_start || pi_phi), where
+    phi_start is phi frozen at the start of the phase (forward-distilled, input-dependent): the push
+    is bounded around a live policy instead of running to an input-independent optimum."""
+    return (reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap)
+            + beta * kl_divergence(start_logits, phi_logits).mean())
+
+
+def anti_target_reverse_loss(hist_logits, phi_logits, eta_r, tau):
+    """Minimise eta_r * mean KL(q || pi_phi) towards q(a|o) = softmax(-tau * log pi_hist(a|o)), a
+    target that prefers, in each observation, what the historical policy avoids there: phi can fit
+    it only by depending on o, and its optimum (phi = q) is finite, so nothing runs off."""
+    target_logits = -tau * hist_logits.log_softmax(-1)
+    return eta_r * kl_divergence(target_logits, phi_logits).mean()
+
+
+def jsd_reverse_loss(hist_logits, phi_logits, eta_r):
+    """Maximise eta_r * mean JS(pi_hist, pi_phi), the Jensen-Shannon divergence: bounded by ln 2 and
+    with gradients that vanish as the supports separate, so no cap is needed."""
+    hist_logp, logp = hist_logits.log_softmax(-1), phi_logits.log_softmax(-1)
+    mixture_logp = torch.logaddexp(hist_logp, logp) - math.log(2)
+    js = 0.5 * (hist_logp.exp() * (hist_logp - mixture_logp)).sum(-1) + 0.5 * (logp.exp() * (logp - mixture_logp)).sum(-1)
+    return -eta_r * js.mean()
+
+
+def reverse_loss(hist_logits, phi_logits, start_logits, args):
+    """The reverse phase's loss chosen by --reverse-objective."""
+    if args.reverse_objective == "capped-kl":
+        return reverse_distillation_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap)
+    if args.reverse_objective == "trust-region":
+        return trust_region_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust)
+    if args.reverse_objective == "anti-target":
+        return anti_target_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
+    return jsd_reverse_loss(hist_logits, phi_logits, args.eta_r)
+
+
 def scheduled_phase(iteration, args):
     """The distillation phase that ends this iteration: "forward", "reverse" or None. Phases come
     every kd iterations and alternate, forward first (kd: forward, 2kd: reverse, 3kd: forward, ...);
@@ -359,47 +405,48 @@ def scheduled_phase(iteration, args):
     return None if skipped else direction
 
 
+def unroll_phi(phi, rgb, vector, done, seqs):
+    """phi's logits over the stored sequences `seqs` of the window, unrolled from a zero state with the
+    stored done flags resetting it."""
+    state = phi.initial_state(len(seqs), rgb.device)
+    return phi.get_action(rgb[:, seqs].flatten(0, 1), vector[:, seqs].flatten(0, 1), state, done[:, seqs].flatten())[3]
+
+
 def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args):
     """One distillation phase of phi over the window: distill_epochs passes over shuffled minibatches
-    of whole stored sequences (one trained slot's rollout each). phi is unrolled over each sequence
-    from a zero state, the stored done flags resetting it. Returns the window's mean KL(pi_hist ||
-    pi_phi) before and after, phi's entropy after, and the entropy of the recorded theta policies."""
+    of whole stored sequences (one trained slot's rollout each)."""
     rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))  # (num_steps, sequences, ...)
-    num_sequences = rgb.shape[1]
-
-    def phi_logits(seqs):
-        state = phi.initial_state(len(seqs), rgb.device)
-        return phi.get_action(rgb[:, seqs].flatten(0, 1), vector[:, seqs].flatten(0, 1), state, done[:, seqs].flatten())[3]
-
-    @torch.no_grad()
-    def measure():
-        kl, logp = [], []
-        for seqs in torch.arange(num_sequences, device=rgb.device).split(sequences_per_minibatch):
-            logits = phi_logits(seqs)
-            kl.append(kl_divergence(hist_logits[:, seqs].flatten(0, 1), logits))
-            logp.append(logits.log_softmax(-1))
-        return torch.cat(kl).mean().item(), torch.cat(logp)
-
-    kl_before, _ = measure()
+    phi_start = copy.deepcopy(phi) if direction == "reverse" and args.reverse_objective == "trust-region" else None
     for epoch in range(args.distill_epochs):
-        for seqs in torch.randperm(num_sequences, device=rgb.device).split(sequences_per_minibatch):
-            hist, logits = hist_logits[:, seqs].flatten(0, 1), phi_logits(seqs)
+        for seqs in torch.randperm(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch):
+            hist, logits = hist_logits[:, seqs].flatten(0, 1), unroll_phi(phi, rgb, vector, done, seqs)
             if direction == "forward":
                 loss = forward_distillation_loss(hist, logits, args.eta_f)
             else:
-                loss = reverse_distillation_loss(hist, logits, args.eta_r, args.kl_cap)
+                with torch.no_grad():
+                    start_logits = unroll_phi(phi_start, rgb, vector, done, seqs) if phi_start else None
+                loss = reverse_loss(hist, logits, start_logits, args)
             phi_optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(phi.parameters(), args.max_grad_norm)
             phi_optimizer.step()
-    kl_after, phi_logp = measure()
-    theta_logp = hist_logits.flatten(0, 1).log_softmax(-1)
-    # entropy, and how much the log-probabilities vary across the window's observations (about 0:
-    # the policy ignores its input, the degenerate collapse that entropy alone does not show)
-    return {"kl_before": kl_before, "kl_after": kl_after,
+
+
+@torch.no_grad()
+def distill_diagnostics(phi, window, sequences_per_minibatch):
+    """How phi stands against the window: mean KL(pi_hist || pi_phi), the entropies of phi and of the
+    recorded theta policies, and how much each one's log-probabilities vary across the window's
+    observations (std over observations, mean over actions). phi_logp_ratio near 0 means phi ignores
+    its input: the degenerate collapse that its entropy alone does not show."""
+    rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))
+    seqs = torch.arange(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch)
+    phi_logp = torch.cat([unroll_phi(phi, rgb, vector, done, s).log_softmax(-1) for s in seqs])
+    theta_logp = torch.cat([hist_logits[:, s].flatten(0, 1).log_softmax(-1) for s in seqs])
+    phi_std, theta_std = phi_logp.std(dim=0).mean().item(), theta_logp.std(dim=0).mean().item()
+    return {"kl": kl_divergence(theta_logp, phi_logp).mean().item(),
             "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
             "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
-            "phi_logp_std": phi_logp.std(dim=0).mean().item(), "theta_logp_std": theta_logp.std(dim=0).mean().item()}
+            "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8)}
 
 
 def format_eta(seconds):
@@ -619,15 +666,20 @@ if __name__ == "__main__":
             window.append((obs_rgb[:, trained], obs_vector[:, trained], dones[:, trained], theta_logits[:, trained]))
             direction = scheduled_phase(iteration, args)
             if direction:
-                phase = distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)
+                kl_before = distill_diagnostics(phi, window, sequences_per_minibatch)["kl"]
+                distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)
+                phase = distill_diagnostics(phi, window, sequences_per_minibatch)
                 phases_run, last_phase = phases_run + 1, direction
                 writer.add_scalar("distill/direction", 1 if direction == "forward" else -1, global_step)
-                for key, value in phase.items():
-                    writer.add_scalar(f"distill/{key}", value, global_step)
-                print(f"distill {direction} at iter {iteration}: KL(hist || phi) {phase['kl_before']:.3f} -> "
-                      f"{phase['kl_after']:.3f} | entropy phi {phase['phi_entropy']:.2f} theta "
-                      f"{phase['theta_entropy']:.2f} | logp std phi {phase['phi_logp_std']:.2f} theta "
-                      f"{phase['theta_logp_std']:.2f}", flush=True)
+                writer.add_scalar("distill/kl_before", kl_before, global_step)
+                writer.add_scalar("distill/kl_after", phase["kl"], global_step)
+                writer.add_scalar(f"distill/kl_after_{direction}", phase["kl"], global_step)
+                for key in ["phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio"]:
+                    writer.add_scalar(f"distill/{key}", phase[key], global_step)
+                print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
+                      f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
+                      f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio "
+                      f"{phase['phi_logp_ratio']:.2f})", flush=True)
 
             y_pred = values[:, trained].flatten().cpu().numpy()
             y_true = value_norm.normalize(returns[:, trained]).flatten().cpu().numpy()

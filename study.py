@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import utils
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RANDOM, UNTRAINED = "uniform_random", "untrained"  # the two reference backgrounds
-RUNNER_FLAGS = ("--seed", "--total-timesteps", "--resume")  # set by the study, per run
+RUNNER_FLAGS = ("--seed", "--total-timesteps", "--substrate", "--resume")  # set by the study, per run
 
 
 @dataclass
@@ -89,7 +90,7 @@ def parse_method(spec):
     for flag in flags:
         if flag.split("=")[0] in RUNNER_FLAGS:
             raise SystemExit(f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
-                             f"(use --seeds / --total-timesteps)")
+                             f"(use --seeds / --total-timesteps / --substrate)")
     if label is None:
         label = script + "".join(f"_{w.lstrip('-')}" for w in flags)
     if not label or any(c in label for c in "/ "):
@@ -127,9 +128,8 @@ def run_status(run, total_timesteps):
     return "done" if checkpoint["iteration"] >= iterations else "resume"
 
 
-def train_command(run, args, status, threads_workers):
+def train_command(run, args, status, workers):
     """The training command of `run`: the method's flags after the study's, a resume when it has a checkpoint."""
-    threads, workers = threads_workers
     command = [sys.executable, os.path.join(ROOT, f"{run.method.script}.py"), "--seed", str(run.seed),
                "--substrate", args.substrate, "--total-timesteps", str(args.total_timesteps)]
     flag_names = {f.split("=")[0] for f in shlex.split(args.train_flags) + list(run.method.flags)}
@@ -169,7 +169,7 @@ def train_all(runs, args):
     run ends the study with one line naming it and its log, after the others finish."""
     cores = os.cpu_count() or 1
     parallel = args.parallel or cores
-    threads_workers = (max(1, cores // parallel), max(1, cores // parallel))
+    per_run = max(1, cores // parallel)  # torch threads and env workers of each run
     pending = []
     for run in runs:
         status = run_status(run, args.total_timesteps)
@@ -177,13 +177,12 @@ def train_all(runs, args):
             print(f"{run.name}: finished, not retrained ({run.checkpoint()})")
         else:
             if status == "new":  # a run killed before its first checkpoint starts over
-                for stale in glob.glob(f"{run.directory}/runs/*"):
-                    subprocess.run(["rm", "-rf", stale], check=True)
+                shutil.rmtree(f"{run.directory}/runs", ignore_errors=True)
             pending.append((run, status))
     if not pending:
         return
-    print(f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {threads_workers[0]} torch "
-          f"thread(s) and {threads_workers[1]} env worker(s) each; logs in {args.out}/<run>/train.log", flush=True)
+    print(f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {per_run} torch thread(s) and "
+          f"{per_run} env worker(s) each; logs in {args.out}/<run>/train.log", flush=True)
     running, failed, last_print = {}, [], 0.0
     try:
         while pending or running:
@@ -191,11 +190,13 @@ def train_all(runs, args):
                 run, status = pending.pop(0)
                 os.makedirs(run.directory, exist_ok=True)
                 log = open(f"{run.directory}/train.log", "a")
-                command = train_command(run, args, status, threads_workers)
+                command = train_command(run, args, status, per_run)
                 log.write(f"$ {shlex.join(command)}\n")
                 log.flush()
+                # its own session: a Ctrl-C reaches the study alone, which forwards exactly one SIGINT
                 running[run.name] = (run, log, subprocess.Popen(
-                    command, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads_workers[0])))
+                    command, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT, env=thread_env(per_run),
+                    start_new_session=True))
                 print(f"{run.name}: {'resumed from ' + run.checkpoint() if status == 'resume' else 'started'}", flush=True)
             time.sleep(1)
             for name, (run, log, process) in list(running.items()):
@@ -211,7 +212,9 @@ def train_all(runs, args):
             if running and time.time() - last_print > 60:
                 last_print = time.time()
                 for name, (run, _, _) in running.items():
-                    print(f"  {name}: {last_progress(f'{run.directory}/train.log')}", flush=True)
+                    progress = last_progress(f"{run.directory}/train.log")
+                    if progress:
+                        print(f"  {name}: {progress}", flush=True)
     except KeyboardInterrupt:
         for run, log, process in running.values():  # the scripts save a checkpoint on Ctrl-C
             process.send_signal(signal.SIGINT)
@@ -221,7 +224,6 @@ def train_all(runs, args):
     if failed:
         raise SystemExit(f"error: {len(failed)} training run(s) failed: "
                          f"{', '.join(f'{r.name} ({r.directory}/train.log)' for r in failed)}")
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,6 +654,10 @@ def check_study(args):
         raise SystemExit(f"error: --reference MIN MAX needs MIN < MAX, got {args.reference[0]} {args.reference[1]}")
     utils.check_substrate(args.substrate)
     methods = [parse_method(m) for m in args.methods]
+    for flag in shlex.split(args.train_flags):
+        if flag.split("=")[0] in RUNNER_FLAGS:
+            raise SystemExit(f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
+                             f"(use --seeds / --total-timesteps / --substrate)")
     labels = [m.label for m in methods]
     if len(set(labels)) < len(labels):
         raise SystemExit(f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "

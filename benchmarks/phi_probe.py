@@ -5,8 +5,9 @@
 Runs theta and phi of a bidist_mappo.py checkpoint on the same observations (uniformly random
 play in fresh environments of the checkpoint's substrate) and prints, for each: the mean action
 probabilities, the entropy, the std of the log-probabilities across observations (about 0: the
-policy ignores its input, the degenerate collapse) and the fraction of torso units that are
-never active.
+policy ignores its input, the degenerate collapse), its ratio to theta's (bidist_mappo.py's
+`distill/phi_logp_ratio`, there measured on the distillation window) and the fraction of torso
+units that are never active.
 """
 
 import os
@@ -56,8 +57,10 @@ if __name__ == "__main__":
     rows = args.num_envs * envs.num_players
     rgb, vector = torch.tensor(np.stack(rgb)).flatten(0, 1), torch.tensor(np.stack(vector)).flatten(0, 1)
     print(f"{args.checkpoint}: {len(rgb):,} observations of {checkpoint['substrate']}\n")
-    print("| network | mean action probabilities | entropy | log-prob std across observations | dead torso units |")
-    print("|---|---|---|---|---|")
+    print("| network | mean action probabilities | entropy | log-prob std across observations | ratio to theta "
+          "| dead torso units |")
+    print("|---|---|---|---|---|---|")
+    theta_std = None
     for name, key in [("theta (trained)", "actor"), ("phi (fictitious)", "phi")]:
         net = Actor(envs, SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"]))
         net.load_state_dict(checkpoint[key])
@@ -67,4 +70,7 @@ if __name__ == "__main__":
         logp = logits.log_softmax(-1)
         entropy = -(logp.exp() * logp).sum(-1).mean()
         probs = " ".join(f"{p:.2f}" for p in logp.exp().mean(0).tolist())
-        print(f"| {name} | {probs} | {entropy:.2f} | {logp.std(0).mean():.3f} | {(torso.max(0).values == 0).float().mean():.0%} |")
+        logp_std = logp.std(0).mean().item()
+        theta_std = theta_std or logp_std
+        print(f"| {name} | {probs} | {entropy:.2f} | {logp_std:.3f} | {logp_std / theta_std:.2f} "
+              f"| {(torso.max(0).values == 0).float().mean():.0%} |")

@@ -1,5 +1,6 @@
 """Pure-function tests of what bidist_mappo.py adds to MAPPO: distillation losses, the mixed-play
 mask, mixed action selection, the masked PPO loss and the phase schedule."""
+import copy
 import math
 from itertools import product
 from types import SimpleNamespace
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from bidist_mappo import (Actor, Args, compute_gae, distill, forward_distillation_loss, kl_divergence,
-                          mixed_action, ppo_loss, reverse_distillation_loss, sample_mask, scheduled_phase)
+from bidist_mappo import (Actor, Args, anti_target_reverse_loss, compute_gae, distill, distill_diagnostics,
+                          forward_distillation_loss, jsd_reverse_loss, kl_divergence, mixed_action, ppo_loss,
+                          reverse_distillation_loss, reverse_loss, sample_mask, scheduled_phase,
+                          trust_region_reverse_loss)
 from test_algorithm import FakeEnvs
 
 
@@ -53,6 +56,60 @@ def test_reverse_loss_raises_the_kl_below_the_cap_and_ignores_samples_above():
     with torch.no_grad():
         stepped = phi - 0.1 * phi.grad
     assert kl_divergence(hist[:1], stepped[:1]).item() > kl[0], "a gradient step must raise the KL"
+
+
+def test_trust_region_adds_the_kl_to_phi_at_the_phase_start():
+    hist = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.98, 0.01, 0.01]]))
+    start = torch.log(torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.3, 0.5]]))
+    phi = torch.log(torch.tensor([[0.4, 0.3, 0.3], [0.01, 0.01, 0.98]])).requires_grad_()
+    push = -2.0 * (hand_kl([0.5, 0.25, 0.25], [0.4, 0.3, 0.3]) + 1.0) / 2  # second sample capped at 1
+    anchor = (hand_kl([0.4, 0.4, 0.2], [0.4, 0.3, 0.3]) + hand_kl([0.2, 0.3, 0.5], [0.01, 0.01, 0.98])) / 2
+    loss = trust_region_reverse_loss(hist, phi, start, eta_r=2.0, kl_cap=1.0, beta=0.5)
+    assert loss.item() == pytest.approx(push + 0.5 * anchor, rel=1e-6)
+    # at the phase start (phi = phi_start) the anchor is zero and has no gradient: the capped push alone
+    at_start = phi.detach().clone().requires_grad_()
+    capped = phi.detach().clone().requires_grad_()
+    trust_region_reverse_loss(hist, at_start, at_start.detach(), 2.0, 1.0, beta=0.5).backward()
+    reverse_distillation_loss(hist, capped, 2.0, 1.0).backward()
+    torch.testing.assert_close(at_start.grad, capped.grad)
+    assert at_start.grad.abs().sum() > 0
+
+
+def test_anti_target_prefers_what_the_historical_policy_avoids_in_each_observation():
+    hist = torch.log(torch.tensor([[0.8, 0.2], [0.2, 0.8]]))  # two observations, opposite preferences
+    uniform = torch.zeros(2, 2)
+    # tau = 1: q ∝ 1 / pi_hist, so q = [0.2, 0.8] in the first observation and [0.8, 0.2] in the second
+    expected = (hand_kl([0.2, 0.8], [0.5, 0.5]) + hand_kl([0.8, 0.2], [0.5, 0.5])) / 2
+    assert anti_target_reverse_loss(hist, uniform, eta_r=3.0, tau=1.0).item() == pytest.approx(3.0 * expected, rel=1e-6)
+    target = torch.log(torch.tensor([[0.2, 0.8], [0.8, 0.2]]))
+    assert anti_target_reverse_loss(hist, target, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    # the target changes with the observation: one state-independent phi cannot reach zero
+    assert anti_target_reverse_loss(hist, target.flip(0), 3.0, 1.0).item() > 1.0
+    # tau = 2: q ∝ pi_hist^-2 = [1/0.64, 1/0.04] -> [0.0588, 0.9412]
+    sharp = torch.log(torch.tensor([[1 / 17, 16 / 17], [16 / 17, 1 / 17]]))
+    assert anti_target_reverse_loss(hist, sharp, 1.0, tau=2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_jsd_against_a_hand_computation_and_bounded_by_ln2():
+    p, q = [0.5, 0.5], [0.25, 0.75]
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    js = 0.5 * hand_kl(p, m) + 0.5 * hand_kl(q, m)
+    loss = jsd_reverse_loss(torch.log(torch.tensor([p])), torch.log(torch.tensor([q])), eta_r=2.0)
+    assert loss.item() == pytest.approx(-2.0 * js, rel=1e-6)
+    disjoint = jsd_reverse_loss(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]), eta_r=1.0)
+    assert disjoint.item() == pytest.approx(-math.log(2), rel=1e-6)
+
+
+def test_reverse_loss_dispatches_on_the_objective_flag():
+    hist, phi, start = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0)
+    expected = {"capped-kl": reverse_distillation_loss(hist, phi, 1.5, 0.7),
+                "trust-region": trust_region_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3),
+                "anti-target": anti_target_reverse_loss(hist, phi, 1.5, 2.0), "jsd": jsd_reverse_loss(hist, phi, 1.5)}
+    assert len({round(v.item(), 6) for v in expected.values()}) == 4
+    for objective, value in expected.items():
+        args.reverse_objective = objective
+        assert reverse_loss(hist, phi, start, args).item() == pytest.approx(value.item(), rel=1e-6)
 
 
 def test_mask_keeps_a_trained_slot_in_every_environment():
@@ -193,11 +250,71 @@ def make_window(actor, rollouts=3, T=6, sequences=4):
 def test_a_distillation_phase_moves_phi_the_right_way(direction):
     theta, phi = make_actor(0), make_actor(1)
     window = make_window(theta)
-    args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5)
+    args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5,
+                           reverse_objective="capped-kl")
     optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
-    stats = distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
-    assert set(stats) == {"kl_before", "kl_after", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std"}
+    before = distill_diagnostics(phi, window, sequences_per_minibatch=3)
+    distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
+    after = distill_diagnostics(phi, window, sequences_per_minibatch=3)
+    assert set(after) == {"kl", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio"}
+    assert after["phi_logp_ratio"] == pytest.approx(after["phi_logp_std"] / after["theta_logp_std"])
     if direction == "forward":
-        assert stats["kl_after"] < stats["kl_before"]
+        assert after["kl"] < before["kl"]
     else:
-        assert stats["kl_after"] > stats["kl_before"]
+        assert after["kl"] > before["kl"]
+
+
+def test_distillation_resets_phi_at_the_stored_done_flags():
+    theta, window = collapse_window()
+    phi = copy.deepcopy(theta)  # exact at the stored dones: any unroll that ignores them differs
+    assert distill_diagnostics(phi, window, 8)["kl"] == pytest.approx(0.0, abs=1e-5)
+    without = [(rgb, vector, torch.zeros_like(done), logits) for rgb, vector, done, logits in window]
+    assert distill_diagnostics(phi, without, 8)["kl"] > 1e-3
+
+
+def collapse_window():
+    """theta's action distribution depends strongly on the observation: an actor of phi's own
+    architecture with a sharpened policy head (so phi can represent it exactly)."""
+    theta = make_actor(0, hidden=32)
+    with torch.no_grad():
+        theta.policy.weight.mul_(3000.0)
+        theta.policy.bias.zero_()
+    generator = torch.Generator().manual_seed(0)
+    window = []
+    for _ in range(4):
+        rgb = torch.randint(0, 256, (16, 8, 5, 5, 3), dtype=torch.uint8, generator=generator)
+        vector, done = torch.randn(16, 8, 2, generator=generator), torch.zeros(16, 8)
+        done[8, 1] = 1
+        with torch.no_grad():
+            logits = theta.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), theta.initial_state(8, "cpu"),
+                                      done.flatten())[3]
+        window.append((rgb, vector, done, logits.reshape(16, 8, -1)))
+    return theta, window
+
+
+def alternate_phases(objective):
+    """forward, reverse, forward, reverse on the collapse window from a perturbed copy of theta, with a
+    large step (lr 5e-3, 4 epochs) so that the collapse shows in a second; diagnostics after each."""
+    theta, window = collapse_window()
+    phi = copy.deepcopy(theta)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in phi.parameters():
+            param.add_(0.05 * param.std() * torch.randn_like(param))
+    args = SimpleNamespace(distill_epochs=4, eta_f=1.0, eta_r=1.0, kl_cap=1.0, max_grad_norm=0.5,
+                           reverse_objective=objective, reverse_trust=1.0, reverse_temperature=1.0)
+    optimizer = torch.optim.Adam(phi.parameters(), lr=5e-3, eps=1e-5)
+    stats = []
+    for direction in ["forward", "reverse", "forward", "reverse"]:
+        distill(phi, optimizer, window, direction, 8, args)
+        stats.append(distill_diagnostics(phi, window, 8))
+    return stats
+
+
+def test_trust_region_keeps_phi_alive_where_capped_kl_collapses():
+    forward, reverse, forward2, reverse2 = alternate_phases("trust-region")
+    assert forward2["phi_logp_ratio"] > 0.5 and reverse2["phi_entropy"] > 0.3, "phi still depends on its input"
+    assert reverse2["kl"] > forward2["kl"] + 0.3, "the reverse phase leaves the historical policies"
+    # the literal capped KL: after one reverse phase the next forward phase cannot bring phi back
+    capped = alternate_phases("capped-kl")
+    assert capped[2]["phi_logp_ratio"] < 0.5 and capped[2]["kl"] > 10 * forward2["kl"]

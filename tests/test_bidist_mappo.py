@@ -12,13 +12,15 @@ from test_mappo import error_line, only_run_dir, scalars
 def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tiny_flags):
     before = spawned_workers()
     result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96",
-                        "--checkpoint-every", "1", cwd=tmp_path)
+                        "--checkpoint-every", "1", "--snapshot-every", "2", cwd=tmp_path)
     out = result.stdout
     assert "distill forward at iter 1" in out and "distill reverse at iter 2" in out and "distill forward at iter 3" in out
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
+    assert "(ratio " in out.split("distill reverse at iter 2")[1].splitlines()[0]
     for tag in ["distill/direction", "distill/kl_before", "distill/kl_after", "distill/phi_entropy",
-                "distill/theta_entropy", "mixed/fictitious_fraction", "mixed/episodic_return_trained",
+                "distill/theta_entropy", "distill/phi_logp_ratio", "distill/kl_after_forward",
+                "distill/kl_after_reverse", "mixed/fictitious_fraction", "mixed/episodic_return_trained",
                 "charts/episodic_return", "losses/policy_loss"]:
         assert tag in logged, tag
     assert [value for _, value in logged["distill/direction"]] == [1, -1, 1]
@@ -29,6 +31,12 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     assert checkpoint["phases_run"] == 3 and checkpoint["args"]["kd"] == 1 and checkpoint["args"]["p"] == 0.5
     assert set(checkpoint) >= {"actor", "critic", "phi", "optimizer", "phi_optimizer", "value_norm", "rng"}
     assert any(not torch.equal(checkpoint["phi"][k], checkpoint["actor"][k]) for k in checkpoint["actor"])
+    assert [v for _, v in logged["distill/kl_after_reverse"]] == [v for _, v in logged["distill/kl_after"]][1:2]
+    # snapshots of theta and phi at iteration 2, phi's after the reverse phase of that iteration
+    assert sorted(os.listdir(f"{run_dir}/snapshots")) == ["phi_000002.pt", "theta_000002.pt"]
+    snapshot = torch.load(f"{run_dir}/snapshots/phi_000002.pt", weights_only=False)
+    assert snapshot["population"] == "phi" and snapshot["iteration"] == 2 and snapshot["last_phase"] == "reverse"
+    assert snapshot["actor"].keys() == checkpoint["phi"].keys()
 
     # --resume continues the schedule: iteration 4 is a reverse phase, 5 a forward one
     result = run_script("bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160",
@@ -44,7 +52,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
 @pytest.mark.slow
 def test_ablation_and_p_zero_run(tmp_path, tiny_flags):
     result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96", "--p", "0",
-                        "--no-forward", "--phi-init", "random", cwd=tmp_path)
+                        "--no-forward", "--phi-init", "random", "--reverse-objective", "trust-region", cwd=tmp_path)
     assert "distill forward" not in result.stdout and "distill reverse at iter 2" in result.stdout
     logged = scalars(only_run_dir(tmp_path))
     assert [value for _, value in logged["mixed/fictitious_fraction"]] == [0.0, 0.0, 0.0]
@@ -71,6 +79,9 @@ def test_resume_note_when_the_window_restarts_partway(tmp_path, tiny_flags):
         (["--kl-cap", "0"], "error: --kl-cap must be > 0, got 0.0"),
         (["--distill-epochs", "0"], "error: --distill-epochs must be at least 1, got 0"),
         (["--distill-lr", "0"], "error: --distill-lr must be > 0, got 0.0"),
+        (["--reverse-trust", "-1"], "error: --reverse-trust must be >= 0, got -1.0"),
+        (["--reverse-temperature", "0"], "error: --reverse-temperature must be > 0, got 0.0"),
+        (["--snapshot-every", "-1"], "error: --snapshot-every must be >= 0, got -1"),
         (["--substrate", "clean_upp"], "clean_up"),
     ],
 )

@@ -4,6 +4,10 @@ import glob
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 from study import (RANDOM, UNTRAINED, Method, Population, Run, held_out_mask, parse_method, run_status,
                    statistics, summarise_method, train_command, write_outputs)
 
@@ -36,14 +40,14 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
     run = Run(Method("mappo", "mappo", ("--num-envs", "4")), 2, str(tmp_path / "mappo__seed2"))
     args = SimpleNamespace(substrate="coins", total_timesteps=10 * 4 * 128, snapshot_every=5, train_flags="--num-steps 128")
     assert run_status(run, args.total_timesteps) == "new"
-    command = train_command(run, args, "new", (1, 1))
+    command = train_command(run, args, "new", 1)
     assert command[1].endswith("mappo.py") and "--resume" not in command
     assert command[command.index("--seed") + 1] == "2" and command[command.index("--num-workers") + 1] == "1"
     assert command.index("--num-steps") < command.index("--num-envs"), "the method's flags come last"
 
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=7, num_envs=4)
     assert run_status(run, args.total_timesteps) == "resume", "7 of 10 iterations: resume"
-    command = train_command(run, args, "resume", (1, 1))
+    command = train_command(run, args, "resume", 1)
     assert command[-2:] == ["--resume", f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt"]  # absolute (tmp_path)
 
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=10, num_envs=4)
@@ -153,6 +157,27 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
     assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
     (checkpoint,) = glob.glob(f"{out}/mappo__seed1/runs/*/checkpoint.pt")
     assert torch.load(checkpoint, weights_only=False)["iteration"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
+    flags = ["--out", "study", "--substrate", "collaborative_cooking__asymmetric", "--methods", "mappo", "--seeds", "1",
+             "--total-timesteps", "1600", "--train-flags=" + " ".join(TINY + ["--checkpoint-every", "1"]), "--train-only"]
+    study = subprocess.Popen([sys.executable, os.path.join(ROOT, "study.py"), *flags], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt") and time.time() < deadline:
+        time.sleep(0.5)
+    study.send_signal(signal.SIGINT)
+    out, err = study.communicate(timeout=60)
+    assert study.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted: checkpoints saved; the same command continues the study"
+    (checkpoint,) = glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt")
+    stopped_at = torch.load(checkpoint, weights_only=False)["iteration"]
+    assert 1 <= stopped_at < 50
+    result = run_script("study.py", *flags, cwd=tmp_path, timeout=300)
+    assert "mappo__seed1: resumed from" in result.stdout
+    assert torch.load(checkpoint, weights_only=False)["iteration"] == 50
 
 
 @pytest.mark.parametrize(
