@@ -549,8 +549,8 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the game
     start_time, start_step, last_print = time.time(), global_step, 0.0
-    recent_returns = deque(maxlen=20)  # per-player returns of the last episodes, for the progress line
-    recent_trained_returns = deque(maxlen=20)
+    recent_returns = deque(maxlen=20)  # per-player returns of the last episodes, for the progress line: trained slots'
+    recent_all_returns = deque(maxlen=20)  # and every slot's
     split_reward = np.zeros((args.num_envs, 2))  # reward of the running episodes: trained slots, fictitious slots
     split_steps = np.zeros((args.num_envs, 2))  # and their slot-steps
     next_rgb = torch.tensor(next_obs["rgb"]).to(device)
@@ -603,18 +603,18 @@ if __name__ == "__main__":
                 split_reward += np.stack([(reward * ~fictitious_np).sum(1), (reward * fictitious_np).sum(1)], axis=1)
                 split_steps += np.stack([(~fictitious_np).sum(1), fictitious_np.sum(1)], axis=1)
                 for episode in episodes:
-                    # a slot's controller can change between rollouts within one episode: report each
-                    # population's reward per slot-step, scaled to the episode's length
+                    # the headline is the trained population's return. A slot's controller can change
+                    # between rollouts within one episode: each population's reward per slot-step, scaled
+                    # to the episode's length (every environment always has a trained slot)
                     env = episode["env"]
-                    for k, population in enumerate(["trained", "fictitious"]):
-                        if split_steps[env, k]:
-                            split_return = split_reward[env, k] / split_steps[env, k] * episode["length"]
-                            writer.add_scalar(f"mixed/episodic_return_{population}", split_return, global_step)
-                            if population == "trained":
-                                recent_trained_returns.append(split_return)
+                    trained_return, fictitious_return = split_reward[env] / np.maximum(split_steps[env], 1) * episode["length"]
+                    if split_steps[env, 1]:
+                        writer.add_scalar("mixed/episodic_return_fictitious", fictitious_return, global_step)
                     split_reward[env] = split_steps[env] = 0
-                    recent_returns.append(episode["returns"].mean())
-                    writer.add_scalar("charts/episodic_return", episode["returns"].mean(), global_step)
+                    recent_returns.append(trained_return)
+                    recent_all_returns.append(episode["returns"].mean())
+                    writer.add_scalar("charts/episodic_return", trained_return, global_step)
+                    writer.add_scalar("mixed/episodic_return_all", episode["returns"].mean(), global_step)
                     writer.add_scalar("charts/collective_return", episode["collective_return"], global_step)
                     writer.add_scalar("charts/episodic_length", episode["length"], global_step)
                     for player, player_return in enumerate(episode["returns"]):
@@ -702,9 +702,9 @@ if __name__ == "__main__":
                 last_print = time.time()
                 eta = (args.num_iterations * args.num_envs * args.num_steps - global_step) / max(sps, 1)
                 mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
-                trained_return = f"{np.mean(recent_trained_returns):.2f}" if recent_trained_returns else "-"
+                all_return = f"{np.mean(recent_all_returns):.2f}" if recent_all_returns else "-"
                 print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
-                      f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (trained {trained_return}) | "
+                      f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (all slots {all_return}) | "
                       f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
             if args.snapshot_every and iteration % args.snapshot_every == 0:
                 utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)

@@ -227,6 +227,70 @@ def train_all(runs, args):
 
 
 # ---------------------------------------------------------------------------------------------
+# What the runs' own logs say: final returns and, for BiDist, whether phi stayed a live policy
+
+TRAINING_COLUMNS = [  # (column, TensorBoard tag, statistic over the run)
+    # the trained slots' return: BiDist logs it as its headline; runs of before that change, under mixed/
+    ("return (trained slots), last 10%", ("mixed/episodic_return_trained", "charts/episodic_return"), "last"),
+    ("fictitious slots' return, last 10%", "mixed/episodic_return_fictitious", "last"),
+    ("phi_logp_ratio at the end", "distill/phi_logp_ratio", "final"),
+    ("phi_logp_ratio, minimum", "distill/phi_logp_ratio", "min"),
+    ("KL after reverse, 2nd half", "distill/kl_after_reverse", "half"),
+    ("KL after forward, 2nd half", "distill/kl_after_forward", "half"),
+]
+
+
+def run_scalars(run_dir, tags):
+    """{tag: (steps, values)} of the tags a run's TensorBoard log holds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    found = set(events.Tags()["scalars"])
+    return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag)]).T for tag in tags if tag in found}
+
+
+def training_summary(runs):
+    """Per method, the mean over its seeds (and the seeds' range) of each TRAINING_COLUMNS statistic,
+    from the runs' own logs; a markdown table, or '' when no run has a log."""
+    tags = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)}
+    per_method = {}
+    for run in runs:
+        checkpoint = run.checkpoint()
+        if checkpoint is None:
+            continue
+        scalars = run_scalars(os.path.dirname(checkpoint), tags)
+        last_step = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
+        row = {}
+        for column, tag, statistic in TRAINING_COLUMNS:
+            tag = next((t for t in ((tag,) if isinstance(tag, str) else tag) if t in scalars), None)
+            if tag is None or not len(scalars[tag][0]):
+                continue
+            steps, values = scalars[tag]
+            if statistic == "last":
+                row[column] = values[steps > 0.9 * last_step].mean() if (steps > 0.9 * last_step).any() else np.nan
+            elif statistic == "final":
+                row[column] = values[np.argmax(steps)]
+            elif statistic == "min":
+                row[column] = values.min()
+            else:
+                row[column] = values[steps > 0.5 * last_step].mean() if (steps > 0.5 * last_step).any() else np.nan
+        per_method.setdefault(run.method.label, []).append(row)
+    if not per_method:
+        return ""
+    columns = [c for c, _, _ in TRAINING_COLUMNS if any(c in row for rows in per_method.values() for row in rows)]
+    lines = ["| method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for method, rows in per_method.items():
+        cells = []
+        for column in columns:
+            values = np.array([row.get(column, np.nan) for row in rows], dtype=float)
+            values = values[~np.isnan(values)]
+            cells.append("-" if not len(values) else f"{values.mean():.2f}" if len(values) == 1 else
+                         f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})")
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+# ---------------------------------------------------------------------------------------------
 # Cross-play: every focal population beside every background population, in parallel episodes
 
 
@@ -683,6 +747,11 @@ if __name__ == "__main__":
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
     train_all(runs, args)
+    training = training_summary(runs)
+    if training:
+        with open(f"{args.out}/training.md", "w") as f:
+            f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
+        print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n")
     if args.train_only:
         raise SystemExit(0)
 

@@ -1,10 +1,12 @@
 """Prints a run's learning curve from its TensorBoard logs as a markdown table, binned by env steps.
-For a bidist_mappo.py run it adds the trained slots' return and the distillation phases' KL and
-phi entropy (means over the phases in each bin).
+The return is the trained population's (every slot for mappo.py). For a bidist_mappo.py run it
+adds the return over all slots (both populations) and the distillation phases' KL, phi's entropy
+and phi_logp_ratio (means over the phases in each bin).
 
     python benchmarks/learning_curve.py runs/<run_name> --bin-size 100000
 """
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -25,6 +27,11 @@ def series(events, tag):
     return np.array([(e.step, e.value) for e in events.Scalars(tag)]).reshape(-1, 2)
 
 
+def in_bin_values(x, low, size):
+    """The values of a (step, value) series logged in the bin (low, low + size]."""
+    return x[(x[:, 0] > low) & (x[:, 0] <= low + size), 1]
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if not os.path.isdir(args.run_dir):
@@ -33,15 +40,21 @@ if __name__ == "__main__":
     events.Reload()
     if "charts/episodic_return" not in events.Tags()["scalars"]:
         raise SystemExit(f"error: {args.run_dir} holds no finished episode (charts/episodic_return)")
+    tags = events.Tags()["scalars"]
     returns, collective = series(events, "charts/episodic_return"), series(events, "charts/collective_return")
     entropy = series(events, "losses/entropy")
-    bidist = "distill/kl_after" in events.Tags()["scalars"]
+    bidist = "distill/kl_after" in tags
     header = "| env steps | episodes | return/player (mean ± s.e.) | collective return | policy entropy |"
     if bidist:
-        trained = series(events, "mixed/episodic_return_trained")
+        if "mixed/episodic_return_trained" in tags:  # a run of before the headline became the trained slots'
+            returns, all_slots = series(events, "mixed/episodic_return_trained"), returns
+        else:
+            all_slots = series(events, "mixed/episodic_return_all")
         direction, phi_entropy = series(events, "distill/direction"), series(events, "distill/phi_entropy")
         kl_before, kl_after = series(events, "distill/kl_before"), series(events, "distill/kl_after")
-        header += " trained slots' return | forward KL before -> after | reverse KL before -> after | phi entropy |"
+        ratio = series(events, "distill/phi_logp_ratio") if "distill/phi_logp_ratio" in tags else np.zeros((0, 2))
+        header += (" all slots' return | forward KL before -> after | reverse KL before -> after | phi entropy "
+                   "| phi_logp_ratio |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for low in range(0, int(returns[:, 0].max()), args.bin_size):
@@ -50,15 +63,17 @@ if __name__ == "__main__":
             continue
         r = returns[in_bin, 1]
         se = r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
-        e = entropy[(entropy[:, 0] > low) & (entropy[:, 0] <= low + args.bin_size), 1]
+        within = functools.partial(in_bin_values, low=low, size=args.bin_size)
+        c = within(collective)
         row = (f"| {low // 1000}K-{(low + args.bin_size) // 1000}K | {in_bin.sum()} | {r.mean():.2f} ± {se:.2f} "
-               f"| {collective[in_bin, 1].mean():.2f} | {e.mean():.2f} |")
+               f"| {c.mean():.2f} | {within(entropy).mean():.2f} |")
         if bidist:
             phases = (direction[:, 0] > low) & (direction[:, 0] <= low + args.bin_size)
-            t = trained[(trained[:, 0] > low) & (trained[:, 0] <= low + args.bin_size), 1]
-            row += f" {t.mean():.2f} |" if len(t) else " - |"
+            a = within(all_slots)
+            row += f" {a.mean():.2f} |" if len(a) else " - |"
             for sign in (1, -1):
                 d = phases & (direction[:, 1] == sign)
                 row += f" {kl_before[d, 1].mean():.2f} -> {kl_after[d, 1].mean():.2f} |" if d.any() else " - |"
             row += f" {phi_entropy[phases, 1].mean():.2f} |" if phases.any() else " - |"
+            row += f" {within(ratio).mean():.2f} |" if len(within(ratio)) else " - |"
         print(row)

@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT, TINY, run_script
 from study import (RANDOM, UNTRAINED, Method, Population, Run, held_out_mask, parse_method, run_status,
-                   statistics, summarise_method, train_command, write_outputs)
+                   statistics, summarise_method, train_command, training_summary, write_outputs)
 
 
 def test_methods_parse_with_labels_flags_and_one_line_errors():
@@ -125,6 +125,29 @@ def test_table_matrix_and_plots_are_written(tmp_path):
         assert os.path.getsize(tmp_path / name) > 10_000
 
 
+def test_training_table_reads_each_runs_log(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = []
+    for seed, ratios in [(1, [0.9, 0.2, 0.6]), (2, [0.8, 0.7, 0.4])]:
+        run = Run(Method("bidist", "bidist_mappo", ()), seed, str(tmp_path / f"bidist__seed{seed}"))
+        fake_checkpoint(f"{run.directory}/runs/x/checkpoint.pt", iteration=3)
+        writer = SummaryWriter(f"{run.directory}/runs/x")
+        for step, ratio in zip([100, 200, 300], ratios):
+            writer.add_scalar("distill/phi_logp_ratio", ratio, step)
+            writer.add_scalar("charts/episodic_return", seed * step / 100, step)  # 1, 2, 3 or 2, 4, 6
+        writer.add_scalar("distill/kl_after_reverse", 5.0, 100)  # first half: not averaged
+        writer.add_scalar("distill/kl_after_reverse", 1.0 * seed, 300)
+        writer.close()
+        runs.append(run)
+    table = training_summary(runs)
+    header, _, row = table.splitlines()
+    assert header.split(" | ")[2:] == ["return (trained slots), last 10%", "phi_logp_ratio at the end",
+                                       "phi_logp_ratio, minimum", "KL after reverse, 2nd half |"]
+    # return over the last 10% of steps: 3 and 6; final ratio 0.6 and 0.4; minimum 0.2 and 0.4; KL 1 and 2
+    assert row == "| bidist | 2 | 4.50 (3.00 to 6.00) | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 1.50 (1.00 to 2.00) |"
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_resumed(tmp_path):
     train_flags = "--train-flags=" + " ".join(TINY)
@@ -132,8 +155,8 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
              "--total-timesteps", "32", train_flags, "--num-episodes", "1", "--num-untrained", "1"]
     first = run_script("study.py", *flags, cwd=tmp_path, timeout=600)
     out = tmp_path / "study"
-    for name in ("results.md", "crossplay.csv", "crossplay.json", "crossplay_heatmap.png", "methods.png",
-                 "policy_space.png"):
+    for name in ("results.md", "training.md", "crossplay.csv", "crossplay.json", "crossplay_heatmap.png",
+                 "methods.png", "policy_space.png"):
         assert (out / name).exists(), name
     assert "| mappo | 2 |" in first.stdout and "| bidist_mappo | 2 |" in first.stdout
     pairs = pd.read_csv(out / "crossplay.csv")
