@@ -454,6 +454,7 @@ def format_eta(seconds):
 
 
 if __name__ == "__main__":
+    utils.quiet_interrupt()  # a Ctrl-C before training starts: one line, nothing saved
     args = utils.parse_args(Args)
     check_args(args)
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
@@ -474,6 +475,7 @@ if __name__ == "__main__":
 
     # env setup: a resumed run reseeds its workers, so it does not replay the episodes it saw
     start_iteration = checkpoint["iteration"] + 1 if checkpoint else 1
+    print(f"starting {args.num_envs} environments of {args.substrate}", flush=True)
     envs = utils.MeltingPotVecEnv(
         args.substrate, args.num_envs, seed=args.seed + start_iteration - 1, num_workers=args.num_workers,
         downsample=args.downsample, max_episode_steps=args.max_episode_steps,
@@ -524,15 +526,16 @@ if __name__ == "__main__":
         print(f"note: the distillation window is not in checkpoints; the phase at iteration {next_phase} "
               f"will see the {next_phase - start_iteration + 1} rollouts since this resume, not {args.kd}")
 
-    def save(iteration):
-        utils.save_checkpoint(checkpoint_path, {
+    def state(iteration):
+        """What a checkpoint holds, as of the end of `iteration`."""
+        return {
             "algorithm": "bidist_mappo", "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
             "iteration": iteration, "global_step": global_step,
             "actor": actor.state_dict(), "critic": critic.state_dict(), "value_norm": value_norm.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
             "phi": phi.state_dict(), "phi_optimizer": phi_optimizer.state_dict(), "phases_run": phases_run,
             "last_phase": last_phase,
-        })
+        }
 
     # ALGO Logic: Storage setup, time-major, one column per player row
     obs_rgb = torch.zeros((args.num_steps, num_rows) + envs.rgb_shape, dtype=torch.uint8).to(device)
@@ -560,10 +563,10 @@ if __name__ == "__main__":
     next_lstm_state = actor.initial_state(num_rows, device)
     phi_lstm_state = phi.initial_state(num_rows, device)
     fictitious = torch.zeros(num_rows, dtype=torch.bool).to(device)
-    iteration, iteration_start_step = start_iteration, global_step
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
-            iteration_start_step = global_step
+            # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
+            completed = copy.deepcopy(state(iteration - 1))
             # ALGO LOGIC: mixed play. Draw the slots phi plays in this rollout; a slot whose
             # controller changed starts from a zero recurrent state (our choice, ALGORITHM.md)
             new_fictitious = torch.tensor(sample_mask(args.num_envs, args.num_players, args.p).ravel()).to(device)
@@ -710,16 +713,15 @@ if __name__ == "__main__":
                 utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
                 utils.save_snapshot(run_dir, "phi", iteration, global_step, phi, last_phase=last_phase)
             if args.checkpoint_every and iteration % args.checkpoint_every == 0:
-                save(iteration)
+                utils.save_checkpoint(checkpoint_path, state(iteration))
     except KeyboardInterrupt:
-        # The iteration in progress is lost; the weights are those after the last full update.
-        global_step = iteration_start_step
-        save(iteration - 1)
-        raise SystemExit(f"interrupted: checkpoint of iteration {iteration - 1} saved; continue with --resume {checkpoint_path}")
+        utils.save_checkpoint(checkpoint_path, completed)
+        raise SystemExit(f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
+                         f"progress is redone); continue with --resume {checkpoint_path}")
     finally:
         envs.close()
         writer.close()
 
     if args.save_model:
-        save(args.num_iterations)
+        utils.save_checkpoint(checkpoint_path, state(args.num_iterations))
         print(f"checkpoint saved to {checkpoint_path}")

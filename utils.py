@@ -508,6 +508,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def quiet_interrupt() -> None:
+    """Makes a Ctrl-C that nothing catches (while the environments start, say; the training loop
+    catches its own and saves a checkpoint) end the program with one line instead of a traceback."""
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted before training started: nothing saved", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
 def parse_args(args_class):
     """`tyro.cli(args_class)`; with `--resume PATH`, the flags saved in that checkpoint become
     the defaults, so `--resume` alone continues a run and any flag given overrides its value."""

@@ -53,25 +53,54 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_leaves_no_workers(tmp_path, tiny_flags):
+@pytest.mark.parametrize("script, heavy", [
+    ("mappo.py", ["--update-epochs", "20"]),
+    ("bidist_mappo.py", ["--update-epochs", "10", "--kd", "1", "--distill-epochs", "20"]),
+])
+def test_ctrl_c_saves_the_state_of_a_whole_iteration_and_leaves_no_workers(tmp_path, tiny_flags, script, heavy):
+    """Most of an iteration is the PPO update (and distillation) here, so the Ctrl-C most likely lands
+    in it; wherever it lands, the checkpoint must equal the state at the end of the iteration it names,
+    which the per-iteration snapshots record."""
     before = spawned_workers()
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "mappo.py"), *tiny_flags, "--total-timesteps", "100000",
-         "--checkpoint-every", "0"],
+        [sys.executable, os.path.join(ROOT, script), *tiny_flags, *heavy, "--total-timesteps", "100000",
+         "--checkpoint-every", "0", "--snapshot-every", "1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     for line in process.stdout:  # wait until training is under way
         if line.startswith("iter 1/"):
             break
-    time.sleep(1)
+    time.sleep(2)
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
     assert "Traceback" not in stderr and "interrupted: checkpoint of iteration" in stderr
-    checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=False)
-    assert checkpoint["iteration"] >= 1 and checkpoint["global_step"] == checkpoint["iteration"] * 32
+    run_dir = only_run_dir(tmp_path)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    iteration = checkpoint["iteration"]
+    assert iteration >= 1 and checkpoint["global_step"] == iteration * 32
+    for population, key in [("theta", "actor")] + ([("phi", "phi")] if script == "bidist_mappo.py" else []):
+        snapshot = torch.load(f"{run_dir}/snapshots/{population}_{iteration:06d}.pt", weights_only=False)
+        for name, weights in snapshot["actor"].items():
+            assert torch.equal(checkpoint[key][name], weights), f"{key} is not that of the end of iteration {iteration}"
     time.sleep(1)
     assert spawned_workers() - before == set()
+
+
+def test_ctrl_c_while_the_environments_start_is_one_line(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "mappo.py"), "--substrate", "territory__rooms", "--num-envs", "2",
+         "--num-minibatches", "2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    for line in process.stdout:
+        if line.startswith("starting 2 environments"):
+            break
+    time.sleep(0.5)  # territory__rooms takes seconds to build
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and stderr.strip() == "interrupted before training started: nothing saved"
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def error_line(result):

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_script
-from study import (RANDOM, UNTRAINED, Method, Population, Run, held_out_mask, parse_method, run_status,
+from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population, held_out_mask, parse_method,
+                   run_status,
                    statistics, summarise_method, train_command, training_summary, write_outputs)
 
 
@@ -53,6 +54,17 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=10, num_envs=4)
     assert run_status(run, args.total_timesteps) == "done"
     assert run_status(run, 2 * args.total_timesteps) == "resume", "a longer study continues a finished run"
+
+
+def test_runs_trained_elsewhere_join_by_checkpoint_or_directory(tmp_path):
+    fake_checkpoint(f"{tmp_path}/a/checkpoint.pt", iteration=1, substrate="coins")
+    torch.save(dict(torch.load(f"{tmp_path}/a/checkpoint.pt", weights_only=False),
+                    args={"exp_name": "bidist_mappo", "seed": 4}), f"{tmp_path}/a/checkpoint.pt")
+    assert external_population(f"{tmp_path}/a") == Population("bidist_mappo", 4, f"{tmp_path}/a/checkpoint.pt")
+    labelled = external_population(f"mine={tmp_path}/a/checkpoint.pt")
+    assert labelled.name == "mine__seed4" and labelled.checkpoint == f"{tmp_path}/a/checkpoint.pt"
+    with pytest.raises(SystemExit, match=r"error: --runs .*/b: no such file"):
+        external_population(f"{tmp_path}/b")
 
 
 def test_the_held_out_set_never_holds_the_focal_run():
