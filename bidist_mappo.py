@@ -432,6 +432,15 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
             phi_optimizer.step()
 
 
+def input_dependence(logp):
+    """How much a policy's action depends on its observation, in nats: the mutual information between
+    observation and action over the rows of `logp` (log-probabilities, one row per observation),
+    mean_o KL(pi(.|o) || mean_o pi(.|o)). 0 for an input-independent policy; unlike the log-prob std,
+    probable actions weigh more than improbable ones."""
+    marginal = logp.exp().mean(0, keepdim=True).log()
+    return kl_divergence(logp, marginal.expand_as(logp)).mean().item()
+
+
 @torch.no_grad()
 def distill_diagnostics(phi, window, sequences_per_minibatch):
     """How phi stands against the window: mean KL(pi_hist || pi_phi), the entropies of phi and of the
@@ -444,6 +453,7 @@ def distill_diagnostics(phi, window, sequences_per_minibatch):
     theta_logp = torch.cat([hist_logits[:, s].flatten(0, 1).log_softmax(-1) for s in seqs])
     phi_std, theta_std = phi_logp.std(dim=0).mean().item(), theta_logp.std(dim=0).mean().item()
     return {"kl": kl_divergence(theta_logp, phi_logp).mean().item(),
+            "phi_input_dependence": input_dependence(phi_logp), "theta_input_dependence": input_dependence(theta_logp),
             "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
             "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
             "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8)}
@@ -677,12 +687,14 @@ if __name__ == "__main__":
                 writer.add_scalar("distill/kl_before", kl_before, global_step)
                 writer.add_scalar("distill/kl_after", phase["kl"], global_step)
                 writer.add_scalar(f"distill/kl_after_{direction}", phase["kl"], global_step)
-                for key in ["phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio"]:
+                for key in ["phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
+                            "phi_input_dependence", "theta_input_dependence"]:
                     writer.add_scalar(f"distill/{key}", phase[key], global_step)
                 print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
                       f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
                       f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio "
-                      f"{phase['phi_logp_ratio']:.2f})", flush=True)
+                      f"{phase['phi_logp_ratio']:.2f}) | input dependence phi {phase['phi_input_dependence']:.3f} "
+                      f"theta {phase['theta_input_dependence']:.3f}", flush=True)
 
             y_pred = values[:, trained].flatten().cpu().numpy()
             y_true = value_norm.normalize(returns[:, trained]).flatten().cpu().numpy()

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import random
 import signal
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -64,6 +65,13 @@ def confidence_interval(values, level=0.95):
     if n < 2:
         return float("nan")
     return float(scipy.stats.t.ppf((1 + level) / 2, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def episode_seed(seed, names, episode):
+    """An episode's seed from the run's --seed, the names of what it plays (the scenario; the study
+    adds the populations) and the episode's index, so that adding or reordering scenarios leaves
+    every other episode as it was."""
+    return int(np.random.SeedSequence([seed, *(zlib.crc32(n.encode()) for n in names), episode]).generate_state(1)[0])
 
 
 def resolve_scenarios(names, substrate, checkpoint):
@@ -300,9 +308,9 @@ if __name__ == "__main__":
         initargs=(with_tensorflow,))
     try:
         futures = {}
-        for t, target in enumerate(targets):
+        for target in targets:
             for episode in range(args.num_episodes):
-                seed = int(np.random.SeedSequence([args.seed, t, episode]).generate_state(1)[0])
+                seed = episode_seed(args.seed, [target.name], episode)
                 video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
                 future = executor.submit(run_episode, target, seed, args.checkpoint, args.device, video)
                 futures[future] = (target, episode)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Optional
@@ -235,6 +234,8 @@ TRAINING_COLUMNS = [  # (column, TensorBoard tag, statistic over the run)
     ("fictitious slots' return, last 10%", "mixed/episodic_return_fictitious", "last"),
     ("phi_logp_ratio at the end", "distill/phi_logp_ratio", "final"),
     ("phi_logp_ratio, minimum", "distill/phi_logp_ratio", "min"),
+    ("phi input dependence at the end (nats)", "distill/phi_input_dependence", "final"),
+    ("theta input dependence at the end (nats)", "distill/theta_input_dependence", "final"),
     ("KL after reverse, 2nd half", "distill/kl_after_reverse", "half"),
     ("KL after forward, 2nd half", "distill/kl_after_forward", "half"),
 ]
@@ -337,13 +338,6 @@ def untrained_checkpoints(out, substrate, like, count):
     return paths
 
 
-def episode_seed(seed, focal, background, episode):
-    """An episode's seed from the study seed and the two populations' names, so that adding a method
-    or a seed to a study leaves every earlier pair's episodes as they were."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(focal.encode()), zlib.crc32(background.encode()),
-                                       episode]).generate_state(1)[0])
-
-
 def _init_quiet_worker():
     """An evaluation worker (eval_scenarios') whose stderr is closed: some substrates' engines print
     warnings at every episode's build, which would bury the progress bar. Errors still come back as
@@ -399,7 +393,8 @@ def crossplay(populations, backgrounds, args):
         for focal, name, key, cache, target in todo:
             episodes[focal.name, name] = [None] * args.num_episodes
             for episode in range(args.num_episodes):
-                seed = episode_seed(args.seed, focal.name, name, episode)
+                # from the two populations' names: adding a method leaves the other pairs' episodes as they were
+                seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
                 future = executor.submit(eval_scenarios.run_episode, target, seed, focal.checkpoint, "cpu")
                 futures[future] = (focal, name, key, cache, episode)
         with tqdm(total=len(futures), unit="episode", desc="cross-play") as progress:
@@ -594,7 +589,7 @@ def plot_methods(summary, path, title):
             ax.bar(x, means, width, yerr=errors, capsize=3, label=label)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("focal per-capita return")
-    ax.set_title(f"{title}: mean and 95% bootstrap interval", fontsize=9)
+    ax.set_title(f"{title}\nmean and 95% stratified-bootstrap interval", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -686,7 +681,7 @@ def plot_policy_space(table, path, title, probe_shape):
     for g, (method, population) in enumerate(groups):
         rows = table[(table["method"] == method) & (table["population"] == population)]
         colour = colours(g % 10)
-        for _, run in rows[~rows["final"]].groupby("seed"):
+        for _, run in rows[~rows["final"] & (rows["population"] == "theta")].groupby("seed"):  # theta's path
             run = run.sort_values("iteration")
             ax.plot(run["x"], run["y"], color=colour, alpha=0.25, linewidth=0.8)
         snaps = rows[~rows["final"]]
@@ -694,8 +689,9 @@ def plot_policy_space(table, path, title, probe_shape):
                    label=f"{method} {population}")
         finals = rows[rows["final"]]
         ax.scatter(finals["x"], finals["y"], s=200, marker="*", color=colour, edgecolor="black", linewidth=0.8)
-    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {probe_shape[0]} x {probe_shape[1]} "
-                 f"probe observations)\nlarger = later in training, stars = final trained populations", fontsize=8)
+    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {probe_shape[0] * probe_shape[1]} "
+                 f"probe observations)\nlarger = later in training, lines = theta's path, stars = final trained "
+                 f"populations", fontsize=8)
     ax.set_xticks([]), ax.set_yticks([])
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -741,6 +737,7 @@ def check_study(args):
 
 
 if __name__ == "__main__":
+    utils.quiet_interrupt("interrupted: the same command continues the study")
     args = tyro.cli(Args)
     methods = check_study(args)
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps

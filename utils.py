@@ -508,13 +508,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def quiet_interrupt() -> None:
+def quiet_interrupt(message: str = "interrupted before training started: nothing saved") -> None:
     """Makes a Ctrl-C that nothing catches (while the environments start, say; the training loop
-    catches its own and saves a checkpoint) end the program with one line instead of a traceback."""
+    catches its own and saves a checkpoint) end the program with `message` instead of a traceback.
+    Also restores Python's SIGINT handler, which a program started in the background by a script
+    (`nohup ... &`) inherits as ignored, so that `kill -INT` stops it as a Ctrl-C would."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def hook(kind, value, traceback):
         if issubclass(kind, KeyboardInterrupt):
-            print("interrupted before training started: nothing saved", file=sys.stderr)
+            print(message, file=sys.stderr)
         else:
             sys.__excepthook__(kind, value, traceback)
 

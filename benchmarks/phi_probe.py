@@ -7,7 +7,8 @@ play in fresh environments of the checkpoint's substrate) and prints, for each: 
 probabilities, the entropy, the std of the log-probabilities across observations (about 0: the
 policy ignores its input, the degenerate collapse), its ratio to theta's (bidist_mappo.py's
 `distill/phi_logp_ratio`, there measured on the distillation window) and the fraction of torso
-units that are never active.
+units that are never active, and the input dependence (the mutual information between observation
+and action, mean_o KL(pi(.|o) || mean_o pi), in nats: 0 for a policy that ignores its input).
 """
 
 import os
@@ -22,7 +23,7 @@ import tyro
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import utils  # noqa: E402
-from bidist_mappo import Actor, to_image  # noqa: E402
+from bidist_mappo import Actor, input_dependence, to_image  # noqa: E402
 
 
 @dataclass
@@ -58,8 +59,8 @@ if __name__ == "__main__":
     rgb, vector = torch.tensor(np.stack(rgb)).flatten(0, 1), torch.tensor(np.stack(vector)).flatten(0, 1)
     print(f"{args.checkpoint}: {len(rgb):,} observations of {checkpoint['substrate']}\n")
     print("| network | mean action probabilities | entropy | log-prob std across observations | ratio to theta "
-          "| dead torso units |")
-    print("|---|---|---|---|---|---|")
+          "| input dependence (nats) | dead torso units |")
+    print("|---|---|---|---|---|---|---|")
     theta_std = None
     for name, key in [("theta (trained)", "actor"), ("phi (fictitious)", "phi")]:
         net = Actor(envs, SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"]))
@@ -73,4 +74,4 @@ if __name__ == "__main__":
         logp_std = logp.std(0).mean().item()
         theta_std = theta_std or logp_std
         print(f"| {name} | {probs} | {entropy:.2f} | {logp_std:.3f} | {logp_std / theta_std:.2f} "
-              f"| {(torso.max(0).values == 0).float().mean():.0%} |")
+              f"| {input_dependence(logp):.3f} | {(torso.max(0).values == 0).float().mean():.0%} |")

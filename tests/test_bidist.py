@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bidist_mappo import (Actor, Args, anti_target_reverse_loss, compute_gae, distill, distill_diagnostics,
-                          forward_distillation_loss, jsd_reverse_loss, kl_divergence, mixed_action, ppo_loss,
-                          reverse_distillation_loss, reverse_loss, sample_mask, scheduled_phase,
-                          trust_region_reverse_loss)
+                          forward_distillation_loss, input_dependence, jsd_reverse_loss, kl_divergence,
+                          mixed_action, ppo_loss, reverse_distillation_loss, reverse_loss, sample_mask,
+                          scheduled_phase, trust_region_reverse_loss)
 from test_algorithm import FakeEnvs
 
 
@@ -98,6 +98,16 @@ def test_jsd_against_a_hand_computation_and_bounded_by_ln2():
     assert loss.item() == pytest.approx(-2.0 * js, rel=1e-6)
     disjoint = jsd_reverse_loss(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]), eta_r=1.0)
     assert disjoint.item() == pytest.approx(-math.log(2), rel=1e-6)
+
+
+def test_input_dependence_is_the_mutual_information_between_observation_and_action():
+    # two equally likely observations with opposite deterministic choices: I(o; a) = ln 2
+    assert input_dependence(torch.log(torch.tensor([[1.0, 1e-12], [1e-12, 1.0]]))) == pytest.approx(math.log(2), rel=1e-6)
+    # the same distribution everywhere: 0, however peaked
+    assert input_dependence(torch.log(torch.tensor([[0.9, 0.1]] * 4))) == pytest.approx(0.0, abs=1e-7)
+    # [0.5, 0.5] and [0.9, 0.1]: marginal [0.7, 0.3], mean of the two KLs to it
+    expected = (hand_kl([0.5, 0.5], [0.7, 0.3]) + hand_kl([0.9, 0.1], [0.7, 0.3])) / 2
+    assert input_dependence(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))) == pytest.approx(expected, rel=1e-6)
 
 
 def test_reverse_loss_dispatches_on_the_objective_flag():
@@ -256,7 +266,8 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
     before = distill_diagnostics(phi, window, sequences_per_minibatch=3)
     distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
     after = distill_diagnostics(phi, window, sequences_per_minibatch=3)
-    assert set(after) == {"kl", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio"}
+    assert set(after) == {"kl", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
+                          "phi_input_dependence", "theta_input_dependence"}
     assert after["phi_logp_ratio"] == pytest.approx(after["phi_logp_std"] / after["theta_logp_std"])
     if direction == "forward":
         assert after["kl"] < before["kl"]

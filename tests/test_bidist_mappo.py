@@ -20,7 +20,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     assert "(ratio " in out.split("distill reverse at iter 2")[1].splitlines()[0]
     for tag in ["distill/direction", "distill/kl_before", "distill/kl_after", "distill/phi_entropy",
                 "distill/theta_entropy", "distill/phi_logp_ratio", "distill/kl_after_forward",
-                "distill/kl_after_reverse", "mixed/fictitious_fraction", "mixed/episodic_return_all",
+                "distill/kl_after_reverse", "distill/phi_input_dependence", "mixed/fictitious_fraction", "mixed/episodic_return_all",
                 "charts/episodic_return", "losses/policy_loss"]:
         assert tag in logged, tag
     assert [value for _, value in logged["distill/direction"]] == [1, -1, 1]
