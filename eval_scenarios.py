@@ -308,12 +308,13 @@ if __name__ == "__main__":
         initargs=(with_tensorflow,))
     try:
         futures = {}
-        for target in targets:
-            for episode in range(args.num_episodes):
-                seed = episode_seed(args.seed, [target.name], episode)
-                video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
-                future = executor.submit(run_episode, target, seed, args.checkpoint, args.device, video)
-                futures[future] = (target, episode)
+        with utils.sigint_ignored():  # submit spawns the workers
+            for target in targets:
+                for episode in range(args.num_episodes):
+                    seed = episode_seed(args.seed, [target.name], episode)
+                    video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
+                    future = executor.submit(run_episode, target, seed, args.checkpoint, args.device, video)
+                    futures[future] = (target, episode)
         with tqdm(total=len(futures), unit="episode", desc="evaluating") as progress:
             for future in concurrent.futures.as_completed(futures):
                 target, episode = futures[future]

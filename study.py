@@ -390,13 +390,14 @@ def crossplay(populations, backgrounds, args):
 
     try:
         futures, episodes = {}, {}
-        for focal, name, key, cache, target in todo:
-            episodes[focal.name, name] = [None] * args.num_episodes
-            for episode in range(args.num_episodes):
-                # from the two populations' names: adding a method leaves the other pairs' episodes as they were
-                seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
-                future = executor.submit(eval_scenarios.run_episode, target, seed, focal.checkpoint, "cpu")
-                futures[future] = (focal, name, key, cache, episode)
+        with utils.sigint_ignored():  # submit spawns the workers
+            for focal, name, key, cache, target in todo:
+                episodes[focal.name, name] = [None] * args.num_episodes
+                for episode in range(args.num_episodes):
+                    # from the two populations' names: adding a method leaves the other pairs' episodes as they were
+                    seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
+                    future = executor.submit(eval_scenarios.run_episode, target, seed, focal.checkpoint, "cpu")
+                    futures[future] = (focal, name, key, cache, episode)
         with tqdm(total=len(futures), unit="episode", desc="cross-play") as progress:
             for future in concurrent.futures.as_completed(futures):
                 focal, name, key, cache, episode = futures[future]

@@ -9,6 +9,7 @@
 - `parse_args`: tyro, with a resumed run's saved flags as the defaults.
 """
 
+import contextlib
 import difflib
 import json
 import multiprocessing
@@ -154,6 +155,18 @@ class _Substrate:
         self.env.close()
 
 
+@contextlib.contextmanager
+def sigint_ignored():
+    """Processes spawned inside this block ignore SIGINT from their first instruction (a new interpreter
+    keeps an inherited SIG_IGN), so a Ctrl-C while they import torch prints no traceback of theirs;
+    the parent, which handles Ctrl-C, ignores it only while they start."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker(remote, parent_remote, substrate_name, num_envs, seed, downsample, max_episode_steps):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     parent_remote.close()
@@ -220,7 +233,8 @@ class MeltingPotVecEnv:
                 target=_worker, daemon=True, name=f"meltingpot-worker-{i}",
                 args=(worker_remote, remote, substrate, n, int(worker_seeds[i]), downsample, max_episode_steps),
             )
-            process.start()
+            with sigint_ignored():
+                process.start()
             worker_remote.close()
             self.remotes.append(remote)
             self.processes.append(process)

@@ -96,7 +96,7 @@ def test_ctrl_c_while_the_environments_start_is_one_line(tmp_path):
     for line in process.stdout:
         if line.startswith("starting 2 environments"):
             break
-    time.sleep(0.5)  # territory__rooms takes seconds to build
+    time.sleep(0.2)  # the workers are importing torch now; territory__rooms then takes seconds to build
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0 and stderr.strip() == "interrupted before training started: nothing saved"
