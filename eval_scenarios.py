@@ -181,6 +181,31 @@ def _init_worker(with_tensorflow):
     utils.import_meltingpot(with_tensorflow=with_tensorflow)
 
 
+def run_episodes(jobs, num_workers, desc, initializer=_init_worker, initargs=(False,)):
+    """Runs `run_episode(*arguments)` for every (label, arguments) of `jobs` in `num_workers` spawned
+    processes, with a progress bar, and yields (index of the job, result) as episodes finish. A failed
+    episode or a dead worker ends the program with one line naming the job's label."""
+    executor = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs)
+    try:
+        with utils.sigint_ignored():  # submit spawns the workers
+            futures = {executor.submit(run_episode, *arguments): i for i, (_, arguments) in enumerate(jobs)}
+        with tqdm(total=len(futures), unit="episode", desc=desc) as progress:
+            for future in concurrent.futures.as_completed(futures):
+                label = jobs[futures[future]][0]
+                try:
+                    result = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise SystemExit(f"error: an evaluation worker died during {label} (out of memory?)") from None
+                except Exception as e:
+                    raise SystemExit(f"error: {label} failed: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                yield futures[future], result
+                progress.update()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 def run_episode(target, seed, checkpoint, device, video_path=None):
     """One episode of `target` with the focal population of `checkpoint`. Seeds `random` (which
     Melting Pot's engine and its background sampling draw from), numpy and torch once the
@@ -303,33 +328,18 @@ if __name__ == "__main__":
     print(f"{args.checkpoint} ({substrate}) as focal population: {len(targets)} scenario(s) x "
           f"{args.num_episodes} episodes, {num_workers} worker(s)", flush=True)
     results = {target: {} for target in targets}
-    executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-        initargs=(with_tensorflow,))
+    jobs = []
+    for target in targets:
+        for episode in range(args.num_episodes):
+            seed = episode_seed(args.seed, [target.name], episode)
+            video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
+            jobs.append((f"{target.name} episode {episode}", (target, seed, args.checkpoint, args.device, video)))
     try:
-        futures = {}
-        with utils.sigint_ignored():  # submit spawns the workers
-            for target in targets:
-                for episode in range(args.num_episodes):
-                    seed = episode_seed(args.seed, [target.name], episode)
-                    video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
-                    future = executor.submit(run_episode, target, seed, args.checkpoint, args.device, video)
-                    futures[future] = (target, episode)
-        with tqdm(total=len(futures), unit="episode", desc="evaluating") as progress:
-            for future in concurrent.futures.as_completed(futures):
-                target, episode = futures[future]
-                try:
-                    results[target][episode] = future.result()
-                except concurrent.futures.process.BrokenProcessPool:
-                    raise SystemExit(f"error: an evaluation worker died during {target.name} (out of memory?)") from None
-                except Exception as e:
-                    raise SystemExit(f"error: {target.name} episode {episode} failed: "
-                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-                progress.update()
+        for i, result in run_episodes(jobs, num_workers, "evaluating", initargs=(with_tensorflow,)):
+            target, episode = targets[i // args.num_episodes], i % args.num_episodes
+            results[target][episode] = result
     except KeyboardInterrupt:
         raise SystemExit("interrupted: no results written") from None
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
 
     summaries = [summarise(t, [results[t][e] for e in range(args.num_episodes)], normalise) for t in targets]
     print("\n" + markdown_table(summaries))

@@ -1,10 +1,8 @@
 # The generalisation study: train every (method, seed), then score each trained population as the
 # focal player beside every population it never met, with confidence intervals, tables and plots.
 # Protocol and a measured study: README.md, "Generalisation study"
-import concurrent.futures
 import glob
 import json
-import multiprocessing
 import os
 import shlex
 import shutil
@@ -384,41 +382,24 @@ def crossplay(populations, backgrounds, args):
     num_workers = args.num_workers or os.cpu_count() or 1
     print(f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
           f"{num_workers} worker(s)", flush=True)
-    executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_quiet_worker)
-    from tqdm import tqdm
-
+    jobs, episodes = [], {}
+    for focal, name, key, cache, target in todo:
+        episodes[focal.name, name] = [None] * args.num_episodes
+        for episode in range(args.num_episodes):
+            # from the two populations' names: adding a method leaves the other pairs' episodes as they were
+            seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
+            jobs.append((f"{focal.name} vs {name} episode {episode}", (target, seed, focal.checkpoint, "cpu")))
     try:
-        futures, episodes = {}, {}
-        with utils.sigint_ignored():  # submit spawns the workers
-            for focal, name, key, cache, target in todo:
-                episodes[focal.name, name] = [None] * args.num_episodes
-                for episode in range(args.num_episodes):
-                    # from the two populations' names: adding a method leaves the other pairs' episodes as they were
-                    seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
-                    future = executor.submit(eval_scenarios.run_episode, target, seed, focal.checkpoint, "cpu")
-                    futures[future] = (focal, name, key, cache, episode)
-        with tqdm(total=len(futures), unit="episode", desc="cross-play") as progress:
-            for future in concurrent.futures.as_completed(futures):
-                focal, name, key, cache, episode = futures[future]
-                try:
-                    result = future.result()
-                except concurrent.futures.process.BrokenProcessPool:
-                    raise SystemExit(f"error: an evaluation worker died during {focal.name} vs {name} "
-                                     f"(out of memory?)") from None
-                except Exception as e:
-                    raise SystemExit(f"error: {focal.name} vs {name} episode {episode} failed: "
-                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-                pair = episodes[focal.name, name]
-                pair[episode] = result["focal_per_capita_return"]
-                if all(r is not None for r in pair):
-                    results[focal.name, name] = pair
-                    utils.save_json(cache, {"key": key, "episodes": pair})
-                progress.update()
+        for i, result in eval_scenarios.run_episodes(jobs, num_workers, "cross-play", initializer=_init_quiet_worker,
+                                                     initargs=()):
+            focal, name, key, cache, _ = todo[i // args.num_episodes]
+            pair = episodes[focal.name, name]
+            pair[i % args.num_episodes] = result["focal_per_capita_return"]
+            if all(r is not None for r in pair):
+                results[focal.name, name] = pair
+                utils.save_json(cache, {"key": key, "episodes": pair})
     except KeyboardInterrupt:
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
     return results
 
 
@@ -426,10 +407,12 @@ def crossplay(populations, backgrounds, args):
 # Statistics: a stratified bootstrap over focal seeds and background populations
 
 
-def held_out_mask(focal_names, background_names):
-    """(focal, background) -> True where the background is a population the focal never met: every
-    trained population but the focal's own run."""
-    return np.array([[b != f for b in background_names] for f in focal_names])
+def held_out_mask(own, background):
+    """True where a background population is one the focal never met: every trained population but
+    the focal's own run. `own` (..., focal) holds each focal's own column, `background` (..., background)
+    the columns met; the result is (..., focal, background), for the point estimate and for a whole
+    batch of bootstrap draws alike."""
+    return background[..., None, :] != own[..., :, None]
 
 
 def summarise_method(matrix, rows, own, samples, rng):
@@ -442,13 +425,13 @@ def summarise_method(matrix, rows, own, samples, rng):
     the same draw gives the self-play mean and the gap, so the three intervals agree."""
     rows, own = np.asarray(rows), np.asarray(own)
     columns = np.arange(matrix.shape[1])
-    held = columns[None, :] != own[rows][:, None]
+    held = held_out_mask(own[rows], columns)
     estimate = {"self_play": matrix[rows, own[rows]].mean(), "held_out": matrix[rows][held].mean()}
     estimate["gap"] = estimate["self_play"] - estimate["held_out"]
     focal = rng.choice(rows, size=(samples, len(rows)))
     background = rng.choice(columns, size=(samples, len(columns)))
     values = matrix[focal[:, :, None], background[:, None, :]]  # (samples, focal, background)
-    mask = background[:, None, :] != own[focal][:, :, None]
+    mask = held_out_mask(own[focal], background)
     with np.errstate(invalid="ignore"):
         held_out = (values * mask).sum((1, 2)) / mask.sum((1, 2))  # nan where a draw holds no held-out pair
     self_play = matrix[focal, own[focal]].mean(1)

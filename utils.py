@@ -373,15 +373,21 @@ class ValueNorm(nn.Module):
 # Checkpoints and arguments
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Writes `state` to `path` atomically: a crash mid-write leaves the previous file intact."""
+def write_atomically(path: str, mode: str, write) -> None:
+    """Calls `write(file)` on a temporary file beside `path`, then renames it to `path`: a crash
+    mid-write leaves the previous file intact."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
+    with open(tmp, mode) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Writes `state` to `path` atomically."""
+    write_atomically(path, "wb", lambda f: torch.save(state, f))
 
 
 def save_snapshot(run_dir: str, population: str, iteration: int, global_step: int, actor: nn.Module, **info) -> None:
@@ -393,11 +399,8 @@ def save_snapshot(run_dir: str, population: str, iteration: int, global_step: in
 
 
 def save_json(path: str, data) -> None:
-    """Writes `data` as JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=float)
-    os.replace(tmp, path)
+    """Writes `data` as JSON atomically."""
+    write_atomically(path, "w", lambda f: json.dump(data, f, indent=1, default=float))
 
 
 def load_checkpoint(path: str, flag: str = "--resume") -> dict:

@@ -68,9 +68,10 @@ def test_runs_trained_elsewhere_join_by_checkpoint_or_directory(tmp_path):
 
 
 def test_the_held_out_set_never_holds_the_focal_run():
-    names = ["a__seed1", "a__seed2", "b__seed1"]
-    mask = held_out_mask(names, names)
+    mask = held_out_mask(np.arange(3), np.arange(3))  # three populations, each its own column
     assert not mask.diagonal().any() and mask.sum() == 6
+    draws = held_out_mask(np.array([[2, 2]]), np.array([[2, 0, 2]]))  # a bootstrap draw: focal 2 twice
+    assert draws.tolist() == [[[False, True, False], [False, True, False]]]
     # own run worth 100, every never-met population 1: the held-out estimate and every bootstrap
     # draw see only the 1s, self-play only the 100s
     matrix = np.where(mask, 1.0, 100.0)
