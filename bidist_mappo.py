@@ -102,9 +102,9 @@ class Args:
     """reverse distillation coefficient: maximise eta_r * min(KL(pi_hist || pi_phi), kl_cap)"""
     kl_cap: float = 1.0
     """per-sample cap (nats) on the reverse phase's KL; a sample past it gives no gradient"""
-    distill_epochs: int = 2
+    distill_epochs: int = 4
     """passes over the window in each distillation phase"""
-    distill_lr: float = 5e-4
+    distill_lr: float = 1e-3
     """learning rate of phi's Adam optimizer (constant)"""
     phi_init: Literal["theta", "random"] = "theta"
     """phi's initial weights: a copy of theta's, or a random initialisation of its own"""
@@ -112,12 +112,13 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "jsd"] = "capped-kl"
-    """the reverse phase's loss: capped-kl (the literal reading), trust-region, anti-target or jsd (README)"""
+    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"] = "shift"
+    """the reverse phase's loss: shift (keeps phi input-dependent), capped-kl (the literal reading), trust-region,
+    anti-target, mirror or jsd (README)"""
     reverse_trust: float = 1.0
     """trust-region: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
-    reverse_temperature: float = 1.0
-    """anti-target: tau of the target q = softmax(-tau * log pi_hist)"""
+    reverse_temperature: float = 2.0
+    """shift: tau of the target q = softmax(tau * roll(log pi_hist)); anti-target: of q = softmax(-tau * log pi_hist)"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -374,6 +375,26 @@ def anti_target_reverse_loss(hist_logits, phi_logits, eta_r, tau):
     return eta_r * kl_divergence(target_logits, phi_logits).mean()
 
 
+def mirror_reverse_loss(hist_logits, phi_logits, eta_r):
+    """Minimise eta_r * mean KL(q || pi_phi) towards the reflection of pi_hist through the uniform
+    policy u = 1/A, q(a|o) proportional to max(0, 2/A - pi_hist(a|o)): in each observation, what the
+    historical policy prefers over uniform q plays less than uniform by as much (down to never), and
+    what it avoids, more. A target as input-dependent as pi_hist and as spread, that phi fits like the
+    forward phase fits pi_hist; nothing runs off. Always a distribution: some pi_hist(a|o) <= 1/A."""
+    num_actions = hist_logits.shape[-1]
+    q = torch.clamp(2.0 / num_actions - hist_logits.softmax(-1), min=0.0)
+    q = q / q.sum(-1, keepdim=True)
+    return eta_r * (torch.special.xlogy(q, q) - q * phi_logits.log_softmax(-1)).sum(-1).mean()
+
+
+def shift_reverse_loss(hist_logits, phi_logits, eta_r, tau):
+    """Minimise eta_r * mean KL(q || pi_phi) towards q(a|o) proportional to pi_hist(a - 1 mod A | o)^tau:
+    in each observation the historical action probabilities, moved one action over (and sharpened by
+    tau > 1). At tau = 1 as input-dependent as pi_hist (the same mutual information with the
+    observation) and as spread, and far from it wherever pi_hist is decided."""
+    return eta_r * kl_divergence(tau * hist_logits.log_softmax(-1).roll(1, dims=-1), phi_logits).mean()
+
+
 def jsd_reverse_loss(hist_logits, phi_logits, eta_r):
     """Maximise eta_r * mean JS(pi_hist, pi_phi), the Jensen-Shannon divergence: bounded by ln 2 and
     with gradients that vanish as the supports separate, so no cap is needed."""
@@ -391,6 +412,10 @@ def reverse_loss(hist_logits, phi_logits, start_logits, args):
         return trust_region_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust)
     if args.reverse_objective == "anti-target":
         return anti_target_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
+    if args.reverse_objective == "mirror":
+        return mirror_reverse_loss(hist_logits, phi_logits, args.eta_r)
+    if args.reverse_objective == "shift":
+        return shift_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
     return jsd_reverse_loss(hist_logits, phi_logits, args.eta_r)
 
 

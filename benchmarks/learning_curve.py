@@ -1,7 +1,8 @@
 """Prints a run's learning curve from its TensorBoard logs as a markdown table, binned by env steps.
 The return is the trained population's (every slot for mappo.py). For a bidist_mappo.py run it
-adds the return over all slots (both populations) and the distillation phases' KL, phi's entropy
-and phi_logp_ratio (means over the phases in each bin).
+adds the return over all slots (both populations) and the distillation phases' KL, phi's entropy,
+phi_logp_ratio (mean and minimum over the phases in each bin) and the input dependence of phi and
+of theta (means over the phases).
 
     python benchmarks/learning_curve.py runs/<run_name> --bin-size 100000
 """
@@ -52,9 +53,10 @@ if __name__ == "__main__":
             all_slots = series(events, "mixed/episodic_return_all")
         direction, phi_entropy = series(events, "distill/direction"), series(events, "distill/phi_entropy")
         kl_before, kl_after = series(events, "distill/kl_before"), series(events, "distill/kl_after")
-        ratio = series(events, "distill/phi_logp_ratio") if "distill/phi_logp_ratio" in tags else np.zeros((0, 2))
+        ratio, phi_mi, theta_mi = (series(events, f"distill/{key}") if f"distill/{key}" in tags else np.zeros((0, 2))
+                                   for key in ["phi_logp_ratio", "phi_input_dependence", "theta_input_dependence"])
         header += (" all slots' return | forward KL before -> after | reverse KL before -> after | phi entropy "
-                   "| phi_logp_ratio |")
+                   "| phi_logp_ratio mean (min) | input dependence phi / theta (nats) |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for low in range(0, int(returns[:, 0].max()), args.bin_size):
@@ -75,5 +77,7 @@ if __name__ == "__main__":
                 d = phases & (direction[:, 1] == sign)
                 row += f" {kl_before[d, 1].mean():.2f} -> {kl_after[d, 1].mean():.2f} |" if d.any() else " - |"
             row += f" {phi_entropy[phases, 1].mean():.2f} |" if phases.any() else " - |"
-            row += f" {within(ratio).mean():.2f} |" if len(within(ratio)) else " - |"
+            row += f" {within(ratio).mean():.2f} ({within(ratio).min():.2f}) |" if len(within(ratio)) else " - |"
+            row += (f" {within(phi_mi).mean():.3f} / {within(theta_mi).mean():.3f} |" if len(within(phi_mi))
+                    else " - |")
         print(row)

@@ -1,0 +1,125 @@
+"""Reverse objectives side by side on one recorded distillation window, in seconds instead of runs.
+
+    python benchmarks/reverse_lab.py runs/<run_name>/checkpoint.pt \
+        --objectives capped-kl "trust-region --reverse-trust 3" "capped-kl --eta-r 0.1"
+
+The checkpoint's theta (any bidist_mappo.py or mappo.py checkpoint) plays every slot of
+`--num-envs` environments for `--kd` rollouts of `--num-steps` steps, recorded as bidist_mappo.py
+records its distillation window (observations, done flags and theta's logits). Then, for every
+entry of `--objectives` (a --reverse-objective choice, then any other bidist_mappo.py flags:
+--reverse-trust, --eta-r, --kl-cap, --distill-lr, --distill-epochs, ...), a fresh phi, a copy of theta as in training, goes
+through `--cycles` forward + reverse phases over that one window with bidist_mappo.py's own
+`distill`, and every phase prints bidist_mappo.py's phase diagnostics. The table at the end has,
+per objective, what issue 8 asks of a live phi: the log-prob ratio and the input dependence (mutual
+information between observation and action) at their minimum over the phases, and the mean KL after
+reverse phases against the mean residual after forward phases.
+
+theta does not learn here, so the window stands still: the lab isolates what the distillation
+objectives do to phi. Whether a result carries over to training is for bidist_mappo.py runs to show.
+"""
+
+import copy
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import List
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import utils  # noqa: E402
+import bidist_mappo  # noqa: E402
+
+
+@dataclass
+class Args:
+    checkpoint: tyro.conf.Positional[str]
+    """a bidist_mappo.py or mappo.py checkpoint: its theta records the window"""
+    objectives: List[str] = field(default_factory=lambda: ["capped-kl"])
+    """one entry per objective: a --reverse-objective choice, then bidist_mappo.py flags, as one string"""
+    kd: int = 10
+    """rollouts in the window"""
+    num_envs: int = 4
+    """environments; every slot of every one is recorded (4 of 2 players: as many sequences as the
+    trained slots of bidist_mappo.py's 8 environments at p = 0.5)"""
+    num_steps: int = 128
+    """steps per rollout"""
+    cycles: int = 4
+    """forward + reverse phase pairs per objective"""
+    seed: int = 1
+    """seed of the environments, theta's actions and phi's minibatches"""
+
+
+@torch.no_grad()
+def record_window(actor, envs, args):
+    """kd rollouts of theta in every slot, as bidist_mappo.py's window: (rgb, vector, done, logits)."""
+    rows = envs.num_envs * envs.num_players
+    obs, done, state, window = envs.reset(), torch.zeros(rows), actor.initial_state(rows, "cpu"), []
+    for _ in range(args.kd):
+        rollout = []
+        for _ in range(args.num_steps):
+            rgb, vector = torch.tensor(obs["rgb"]), torch.tensor(obs["vector"])
+            action, _, _, logits, state = actor.get_action(rgb, vector, state, done)
+            rollout.append((rgb, vector, done, logits))
+            obs, _, done_np, _ = envs.step(action.numpy())
+            done = torch.tensor(done_np, dtype=torch.float32)
+        window.append(tuple(torch.stack(x) for x in zip(*rollout)))
+    return window
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    torch.set_num_threads(1)
+    checkpoint = utils.load_checkpoint(args.checkpoint, flag="checkpoint")
+    saved = checkpoint["args"]
+    settings = [tyro.cli(bidist_mappo.Args, args=["--reverse-objective", *shlex.split(spec)]) for spec in args.objectives]
+    torch.manual_seed(args.seed)
+    envs = utils.MeltingPotVecEnv(checkpoint["substrate"], args.num_envs, seed=args.seed, num_workers=1,
+                                  downsample=saved["downsample"])
+    shape = SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"])
+    try:
+        envs.reset()
+        theta = bidist_mappo.Actor(envs, shape)
+        theta.load_state_dict(checkpoint["actor"])
+        start = time.time()
+        window = record_window(theta, envs, args)
+    finally:
+        envs.close()
+    sequences = args.num_envs * envs.num_players
+    print(f"{args.checkpoint}: window of {args.kd} x {args.num_steps} steps x {sequences} slots of "
+          f"{checkpoint['substrate']} recorded in {time.time() - start:.0f} s\n")
+
+    rows = []
+    for spec, setting in zip(args.objectives, settings):
+        torch.manual_seed(args.seed)
+        phi = copy.deepcopy(theta)
+        phi_optimizer = torch.optim.Adam(phi.parameters(), lr=setting.distill_lr, eps=1e-5)
+        per_minibatch = setting.num_envs // setting.num_minibatches * envs.num_players  # as in training
+        print(spec)
+        phases = []
+        for cycle in range(args.cycles):
+            for direction in ["forward", "reverse"]:
+                start = time.time()
+                bidist_mappo.distill(phi, phi_optimizer, window, direction, per_minibatch, setting)
+                phase = bidist_mappo.distill_diagnostics(phi, window, per_minibatch)
+                phases.append((direction, phase))
+                print(f"  {direction:7s} {cycle + 1}: KL(hist || phi) {phase['kl']:.3f} | entropy phi "
+                      f"{phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp ratio "
+                      f"{phase['phi_logp_ratio']:.2f} | input dependence phi {phase['phi_input_dependence']:.3f} "
+                      f"theta {phase['theta_input_dependence']:.3f} | {time.time() - start:.1f} s", flush=True)
+        kl = {d: np.mean([p["kl"] for direction, p in phases if direction == d]) for d in ["forward", "reverse"]}
+        rows.append((spec, min(p["phi_logp_ratio"] for _, p in phases),
+                     min(p["phi_input_dependence"] for _, p in phases) / phase["theta_input_dependence"],
+                     kl["reverse"], kl["forward"]))
+    print("\n| objective | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
+          "| KL after forward | reverse - forward |")
+    print("|---|---|---|---|---|---|")
+    for spec, ratio, dependence, kl_reverse, kl_forward in rows:
+        print(f"| `{spec}` | {ratio:.2f} | {dependence:.2f} | {kl_reverse:.3f} | {kl_forward:.3f} "
+              f"| {kl_reverse - kl_forward:.3f} |")
