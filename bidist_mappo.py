@@ -108,6 +108,9 @@ class Args:
     """learning rate of phi's Adam optimizer (constant)"""
     phi_init: Literal["theta", "random"] = "theta"
     """phi's initial weights: a copy of theta's, or a random initialisation of its own"""
+    reset_phi: bool = True
+    """copy theta into phi (and restart phi's optimizer) before each forward phase, so that a reverse phase
+    cannot leave phi dead for good; --no-reset-phi keeps phi's own weights from phase to phase"""
     no_forward: bool = False
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
@@ -704,6 +707,9 @@ if __name__ == "__main__":
             window.append((obs_rgb[:, trained], obs_vector[:, trained], dones[:, trained], theta_logits[:, trained]))
             direction = scheduled_phase(iteration, args)
             if direction:
+                if direction == "forward" and args.reset_phi:  # our choice (README): imitate from theta's features
+                    phi.load_state_dict(actor.state_dict())
+                    phi_optimizer.state.clear()
                 kl_before = distill_diagnostics(phi, window, sequences_per_minibatch)["kl"]
                 distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)
                 phase = distill_diagnostics(phi, window, sequences_per_minibatch)

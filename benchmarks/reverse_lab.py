@@ -106,6 +106,9 @@ if __name__ == "__main__":
         for cycle in range(args.cycles):
             for direction in ["forward", "reverse"]:
                 start = time.time()
+                if direction == "forward" and setting.reset_phi:  # as bidist_mappo.py does
+                    phi.load_state_dict(theta.state_dict())
+                    phi_optimizer.state.clear()
                 bidist_mappo.distill(phi, phi_optimizer, window, direction, per_minibatch, setting)
                 phase = bidist_mappo.distill_diagnostics(phi, window, per_minibatch)
                 phases.append((direction, phase))

@@ -60,6 +60,21 @@ def test_ablation_and_p_zero_run(tmp_path, tiny_flags):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_flags, reset):
+    """With --eta-f 0 the forward phase's loss has no gradient, so phi ends the phase where it started
+    (Adam's first step on a zero gradient is zero): theta after the update with the reset, and its
+    initial copy of theta, which the update has moved away from, without."""
+    flags = [] if reset else ["--no-reset-phi"]
+    run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "32", "--eta-f", "0", *flags,
+               cwd=tmp_path)
+    checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 1 and checkpoint["last_phase"] == "forward"
+    same = all(torch.equal(checkpoint["phi"][k], checkpoint["actor"][k]) for k in checkpoint["actor"])
+    assert same == reset
+
+
+@pytest.mark.slow
 def test_resume_note_when_the_window_restarts_partway(tmp_path, tiny_flags):
     """A resume between phases says that the next phase sees a partial window."""
     result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "3", "--total-timesteps", "32", cwd=tmp_path)
