@@ -460,6 +460,13 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
             phi_optimizer.step()
 
 
+def restart_from(phi, phi_optimizer, actor):
+    """--reset-phi: phi takes theta's weights and its optimizer forgets its moments, so the forward
+    phase that follows imitates the window from features that work."""
+    phi.load_state_dict(actor.state_dict())
+    phi_optimizer.state.clear()
+
+
 def input_dependence(logp):
     """How much a policy's action depends on its observation, in nats: the mutual information between
     observation and action over the rows of `logp` (log-probabilities, one row per observation),
@@ -485,6 +492,13 @@ def distill_diagnostics(phi, window, sequences_per_minibatch):
             "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
             "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
             "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8)}
+
+
+def describe_phase(phase):
+    """The diagnostics of distill_diagnostics for a progress line (everything but the KL)."""
+    return (f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
+            f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio {phase['phi_logp_ratio']:.2f}) | "
+            f"input dependence phi {phase['phi_input_dependence']:.3f} theta {phase['theta_input_dependence']:.3f}")
 
 
 def format_eta(seconds):
@@ -708,8 +722,7 @@ if __name__ == "__main__":
             direction = scheduled_phase(iteration, args)
             if direction:
                 if direction == "forward" and args.reset_phi:  # our choice (README): imitate from theta's features
-                    phi.load_state_dict(actor.state_dict())
-                    phi_optimizer.state.clear()
+                    restart_from(phi, phi_optimizer, actor)
                 kl_before = distill_diagnostics(phi, window, sequences_per_minibatch)["kl"]
                 distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)
                 phase = distill_diagnostics(phi, window, sequences_per_minibatch)
@@ -722,10 +735,7 @@ if __name__ == "__main__":
                             "phi_input_dependence", "theta_input_dependence"]:
                     writer.add_scalar(f"distill/{key}", phase[key], global_step)
                 print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
-                      f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
-                      f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio "
-                      f"{phase['phi_logp_ratio']:.2f}) | input dependence phi {phase['phi_input_dependence']:.3f} "
-                      f"theta {phase['theta_input_dependence']:.3f}", flush=True)
+                      f"{describe_phase(phase)}", flush=True)
 
             y_pred = values[:, trained].flatten().cpu().numpy()
             y_true = value_norm.normalize(returns[:, trained]).flatten().cpu().numpy()

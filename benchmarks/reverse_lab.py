@@ -107,18 +107,15 @@ if __name__ == "__main__":
             for direction in ["forward", "reverse"]:
                 start = time.time()
                 if direction == "forward" and setting.reset_phi:  # as bidist_mappo.py does
-                    phi.load_state_dict(theta.state_dict())
-                    phi_optimizer.state.clear()
+                    bidist_mappo.restart_from(phi, phi_optimizer, theta)
                 bidist_mappo.distill(phi, phi_optimizer, window, direction, per_minibatch, setting)
                 phase = bidist_mappo.distill_diagnostics(phi, window, per_minibatch)
                 phases.append((direction, phase))
-                print(f"  {direction:7s} {cycle + 1}: KL(hist || phi) {phase['kl']:.3f} | entropy phi "
-                      f"{phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp ratio "
-                      f"{phase['phi_logp_ratio']:.2f} | input dependence phi {phase['phi_input_dependence']:.3f} "
-                      f"theta {phase['theta_input_dependence']:.3f} | {time.time() - start:.1f} s", flush=True)
+                print(f"  {direction:7s} {cycle + 1}: KL(hist || phi) {phase['kl']:.3f} | "
+                      f"{bidist_mappo.describe_phase(phase)} | {time.time() - start:.1f} s", flush=True)
         kl = {d: np.mean([p["kl"] for direction, p in phases if direction == d]) for d in ["forward", "reverse"]}
         rows.append((spec, min(p["phi_logp_ratio"] for _, p in phases),
-                     min(p["phi_input_dependence"] for _, p in phases) / phase["theta_input_dependence"],
+                     min(p["phi_input_dependence"] / p["theta_input_dependence"] for _, p in phases),
                      kl["reverse"], kl["forward"]))
     print("\n| objective | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
           "| KL after forward | reverse - forward |")
