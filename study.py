@@ -45,6 +45,9 @@ class Args:
     `label=path` (default label: the run's exp_name)"""
     parallel: Optional[int] = None
     """training runs at a time (default: one per core)"""
+    threads: Optional[int] = None
+    """torch threads and env workers of each training run (default: cores / parallel; 1 leaves room for a
+    run started outside the study)"""
     snapshot_every: Optional[int] = None
     """passed to the training scripts (default: about 10 snapshots per run)"""
     num_episodes: int = 10
@@ -166,7 +169,7 @@ def train_all(runs, args):
     run ends the study with one line naming it and its log, after the others finish."""
     cores = os.cpu_count() or 1
     parallel = args.parallel or cores
-    per_run = max(1, cores // parallel)  # torch threads and env workers of each run
+    per_run = args.threads or max(1, cores // parallel)  # torch threads and env workers of each run
     pending = []
     for run in runs:
         status = run_status(run, args.total_timesteps)
@@ -689,7 +692,7 @@ def check_study(args):
     for name in ["total_timesteps", "num_episodes", "num_focal", "bootstrap_samples"]:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ["parallel", "num_workers", "snapshot_every"]:
+    for name in ["parallel", "threads", "num_workers", "snapshot_every"]:
         if getattr(args, name) is not None and getattr(args, name) < (0 if name == "snapshot_every" else 1):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_untrained < 0:

@@ -222,6 +222,7 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
         (["--methods", "ppo"], "error: --methods 'ppo': no training script ppo.py"),
         (["--methods", "mappo", "mappo"], "error: --methods: two methods have the label 'mappo'"),
         (["--seeds", "1", "--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
+        (["--threads", "0"], "error: --threads must be at least 1, got 0"),
         (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up"),
         (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
     ],
