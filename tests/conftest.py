@@ -1,6 +1,10 @@
+import ast
+import glob
 import os
+import signal
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -45,3 +49,37 @@ TINY = ["--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2", "--upd
 @pytest.fixture
 def tiny_flags():
     return list(TINY)
+
+
+# Every algorithm script: mappo.py and each `<method>_mappo.py` copy of its loop. Tests of the
+# per-script copies (GAE, LSTM unroll, PPO loss, the rollout/update path) run over all of them.
+ALGORITHM_SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
+
+
+def run_main_in_process(script, flags, cwd, observe):
+    """Runs the main block of `script` (a name in ALGORITHM_SCRIPTS) in this process, as
+    `python script.py flags` from `cwd` would, after `observe(namespace)` has replaced some of the
+    script's functions by wrappers that record what the loop passes them. The scripts keep their
+    loop inline (CleanRL's style); this is how a test looks inside it."""
+    path = os.path.join(ROOT, f"{script}.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    main = tree.body[-1]
+    assert isinstance(main, ast.If) and ast.unparse(main.test) == "__name__ == '__main__'", f"{path}: no main block last"
+    name = f"_{script}_under_test"
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module  # dataclasses and tyro look their module up
+    old_argv, old_cwd, old_hook, old_sigint = sys.argv, os.getcwd(), sys.excepthook, signal.getsignal(signal.SIGINT)
+    try:
+        exec(compile(ast.Module(tree.body[:-1], type_ignores=[]), path, "exec"), module.__dict__)
+        observe(module.__dict__)
+        sys.argv = [path, *flags]
+        os.chdir(cwd)
+        module.__dict__["__name__"] = "__main__"
+        exec(compile(ast.Module(main.body, type_ignores=[]), path, "exec"), module.__dict__)
+    finally:
+        sys.argv, sys.excepthook = old_argv, old_hook
+        signal.signal(signal.SIGINT, old_sigint)
+        os.chdir(old_cwd)
+        del sys.modules[name]
