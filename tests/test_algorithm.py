@@ -1,10 +1,20 @@
-"""Pure-function tests of mappo.py's algorithm pieces and utils' numerics."""
+"""Pure-function tests of the algorithm pieces every script copies from mappo.py (run over every
+algorithm script, so that no copy drifts untested) and of utils' numerics."""
+import importlib
+import inspect
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 import utils
-from mappo import Actor, Args, Critic, compute_gae
+from conftest import ALGORITHM_SCRIPTS
+
+
+@pytest.fixture(params=ALGORITHM_SCRIPTS)
+def script(request):
+    return importlib.import_module(request.param)
 
 
 def plain_gae(rewards, values, dones, next_value, next_done, gamma, lam):
@@ -26,14 +36,14 @@ def plain_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     return np.array(advantages)
 
 
-def test_gae_matches_plain_sums():
+def test_gae_matches_plain_sums(script):
     rng = np.random.default_rng(0)
     T, B = 12, 3
     rewards = rng.normal(size=(T, B))
     values = rng.normal(size=(T, B))
     dones = (rng.random((T, B)) < 0.2).astype(float)
     next_value, next_done = rng.normal(size=B), np.array([0.0, 1.0, 0.0])
-    adv, ret = compute_gae(*(torch.tensor(x) for x in (rewards, values, dones, next_value, next_done)), 0.9, 0.8)
+    adv, ret = script.compute_gae(*(torch.tensor(x) for x in (rewards, values, dones, next_value, next_done)), 0.9, 0.8)
     for b in range(B):
         expected = plain_gae(rewards[:, b], values[:, b], dones[:, b], next_value[b], next_done[b], 0.9, 0.8)
         np.testing.assert_allclose(adv[:, b].numpy(), expected, rtol=1e-10)
@@ -44,14 +54,14 @@ class FakeEnvs:
     rgb_shape, world_shape, vector_dim, num_actions, num_players = (5, 5, 3), (6, 9, 3), 2, 8, 2
 
 
-def make_nets(hidden=16):
+def make_nets(script, hidden=16):
     torch.manual_seed(0)
-    args = Args(hidden_size=hidden)
-    return Actor(FakeEnvs, args), Critic(FakeEnvs, args)
+    args = script.Args(hidden_size=hidden)
+    return script.Actor(FakeEnvs, args), script.Critic(FakeEnvs, args)
 
 
-def test_lstm_stretches_equal_step_by_step_loop():
-    actor, _ = make_nets()
+def test_lstm_stretches_equal_step_by_step_loop(script):
+    actor, _ = make_nets(script)
     T, B = 10, 4
     rgb = torch.randint(0, 256, (T * B, 5, 5, 3), dtype=torch.uint8)
     vector = torch.randn(T * B, 2)
@@ -72,8 +82,8 @@ def test_lstm_stretches_equal_step_by_step_loop():
     torch.testing.assert_close(c, ref_c)
 
 
-def test_actor_policy_shapes_and_done_resets_memory():
-    actor, critic = make_nets()
+def test_actor_policy_shapes_and_done_resets_memory(script):
+    actor, critic = make_nets(script)
     rgb = torch.randint(0, 256, (4, 5, 5, 3), dtype=torch.uint8)
     vector = torch.randn(4, 2)
     state = (torch.randn(1, 4, 16), torch.randn(1, 4, 16))
@@ -86,8 +96,8 @@ def test_actor_policy_shapes_and_done_resets_memory():
     assert not torch.allclose(logits, logits_zero)
 
 
-def test_critic_sees_world_and_player_index():
-    _, critic = make_nets()
+def test_critic_sees_world_and_player_index(script):
+    _, critic = make_nets(script)
     world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
     rgb = torch.randint(0, 256, (1, 5, 5, 3), dtype=torch.uint8).repeat(2, 1, 1, 1)
     vector = torch.zeros(2, 2)
@@ -96,6 +106,46 @@ def test_critic_sees_world_and_player_index():
     assert values[0] != values[1], "same observation in two slots must be told apart by the one-hot index"
     other_world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
     assert not torch.allclose(values, critic.get_value(other_world, rgb, vector))
+
+
+def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef):
+    """The PPO loss of one minibatch written out element by element (advantages normalised by
+    their sample standard deviation, as torch's std does)."""
+    adv = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+    pg, v = [], []
+    for i in range(len(adv)):
+        ratio = float(np.exp(newlogprob[i] - logprob[i]))
+        pg.append(max(-adv[i] * ratio, -adv[i] * min(max(ratio, 1 - clip), 1 + clip)))
+        clipped = value[i] + min(max(newvalue[i] - value[i], -clip), clip)
+        v.append(max((newvalue[i] - target[i]) ** 2, (clipped - target[i]) ** 2))
+    return np.mean(pg) - ent_coef * np.mean(entropy) + vf_coef * 0.5 * np.mean(v)
+
+
+def test_ppo_loss_matches_a_hand_computation(script):
+    rng = np.random.default_rng(3)
+    n = 6
+    logprob = rng.normal(-1.5, 0.3, n)
+    newlogprob = logprob + np.array([0.5, -0.5, 0.05, -0.05, 0.3, 0.0])  # ratios inside and outside the clip
+    entropy, advantages = rng.random(n), rng.normal(size=n)
+    value, target = rng.normal(size=n), rng.normal(size=n)
+    newvalue = value + np.array([0.5, -0.05, 0.0, 0.3, -0.4, 0.1])
+    args = SimpleNamespace(clip_coef=0.2, norm_adv=True, clip_vloss=True, ent_coef=0.01, vf_coef=0.5)
+    inputs = dict(zip(["newlogprob", "entropy", "newvalue", "logprob", "advantages", "value", "target"],
+                      (torch.tensor(x, requires_grad=True) for x in
+                       (newlogprob, entropy, newvalue, logprob, advantages, value, target))))
+    if "trained" in inspect.signature(script.ppo_loss).parameters:  # mixed play: every row trained here
+        inputs["trained"] = torch.ones(n, dtype=torch.bool)
+    loss, stats = script.ppo_loss(**inputs, args=args)
+    expected = ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, 0.2, 0.01, 0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    assert stats["clipfrac"].item() == pytest.approx(3 / 6)
+    loss.backward()
+    # raising the log-prob of an action with positive advantage lowers the loss (inside the clip)
+    inside = np.abs(np.exp(newlogprob - logprob) - 1) <= 0.2
+    normalised = (advantages - advantages.mean()) / advantages.std()
+    grads = inputs["newlogprob"].grad.numpy()
+    assert (np.sign(grads[inside]) == -np.sign(normalised[inside])).all()
+    assert (grads[~inside & (np.sign(newlogprob - logprob) == np.sign(normalised))] == 0).all()
 
 
 def test_value_norm_matches_numpy_statistics():
