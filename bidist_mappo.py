@@ -511,7 +511,8 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
-        utils.check_checkpoint(checkpoint, args.resume, "bidist_mappo", args, must_match=("substrate", "downsample", "hidden_size"))
+        utils.check_checkpoint(checkpoint, args.resume, "bidist_mappo", args,
+                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"))
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -573,10 +574,6 @@ if __name__ == "__main__":
     )
     print(f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
           f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}")
-    if checkpoint and (start_iteration - 1) % args.kd:
-        next_phase = (start_iteration - 1) // args.kd * args.kd + args.kd
-        print(f"note: the distillation window is not in checkpoints; the phase at iteration {next_phase} "
-              f"will see the {next_phase - start_iteration + 1} rollouts since this resume, not {args.kd}")
 
     def state(iteration):
         """What a checkpoint holds, as of the end of `iteration`."""
@@ -586,7 +583,7 @@ if __name__ == "__main__":
             "actor": actor.state_dict(), "critic": critic.state_dict(), "value_norm": value_norm.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
             "phi": phi.state_dict(), "phi_optimizer": phi_optimizer.state_dict(), "phases_run": phases_run,
-            "last_phase": last_phase,
+            "last_phase": last_phase, "window": list(window),
         }
 
     # ALGO Logic: Storage setup, time-major, one column per player row
@@ -599,7 +596,10 @@ if __name__ == "__main__":
     dones = torch.zeros((args.num_steps, num_rows)).to(device)
     values = torch.zeros((args.num_steps, num_rows)).to(device)
     theta_logits = torch.zeros((args.num_steps, num_rows, envs.num_actions)).to(device)
-    window = deque(maxlen=args.kd)  # distillation window: (rgb, vector, dones, theta logits) of trained slots
+    # the distillation window: (rgb, vector, dones, theta logits) of the trained slots of the last kd
+    # rollouts, saved in checkpoints so that a resume loses nothing
+    window = deque([tuple(x.to(device) for x in rollout) for rollout in checkpoint["window"]] if checkpoint else [],
+                   maxlen=args.kd)
     sequences_per_minibatch = args.num_envs // args.num_minibatches * args.num_players
 
     # TRY NOT TO MODIFY: start the game

@@ -74,15 +74,6 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
     assert same == reset
 
 
-@pytest.mark.slow
-def test_resume_note_when_the_window_restarts_partway(tmp_path, tiny_flags):
-    """A resume between phases says that the next phase sees a partial window."""
-    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "3", "--total-timesteps", "32", cwd=tmp_path)
-    checkpoint = f"{only_run_dir(tmp_path)}/checkpoint.pt"
-    result = run_script("bidist_mappo.py", "--resume", checkpoint, "--total-timesteps", "64", cwd=tmp_path)
-    assert "the phase at iteration 3 will see the 2 rollouts since this resume, not 3" in result.stdout
-
-
 @pytest.mark.parametrize(
     "flags, expected",
     [

@@ -1,10 +1,14 @@
 """The rollout/update path of every algorithm script, checked inside a real run of its loop."""
+import glob
 import inspect
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import ALGORITHM_SCRIPTS, TINY, run_main_in_process
+from conftest import ALGORITHM_SCRIPTS, TINY, run_main_in_process, run_script
+from test_mappo import error_line
 
 ITERATIONS = 4  # of 2 envs x 16 steps: episodes of 20 steps end inside the 2nd and 3rd rollouts
 
@@ -43,3 +47,46 @@ def test_the_update_recomputes_what_the_rollout_recorded(tmp_path, script):
     if "trained" in calls[0]:  # mixed play: some slots were phi's, and they changed between rollouts
         masks = torch.stack([c["trained"] for c in calls[::4]])
         assert not masks.all() and (masks != masks[0]).any()
+
+
+def assert_same(saved, restored, where="checkpoint"):
+    """Equal to the bit, through nested dicts, lists and tuples of tensors, arrays and plain values."""
+    if isinstance(saved, torch.Tensor):
+        assert torch.equal(saved, restored), where
+    elif isinstance(saved, np.ndarray):
+        np.testing.assert_array_equal(saved, restored, err_msg=where)
+    elif isinstance(saved, dict):
+        assert saved.keys() == restored.keys(), where
+        for key in saved:
+            assert_same(saved[key], restored[key], f"{where}[{key!r}]")
+    elif isinstance(saved, (list, tuple)):
+        assert len(saved) == len(restored), where
+        for i, (a, b) in enumerate(zip(saved, restored)):
+            assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert saved == restored, where
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ALGORITHM_SCRIPTS)
+def test_a_resume_restores_everything_the_checkpoint_holds(tmp_path, script):
+    """A resume with no iteration left writes back the checkpoint it read: any state the loop does not
+    restore (an optimiser, the value normalisation, an RNG, BiDist's phi and its optimiser, the
+    distillation window halfway through a kd block) comes back different. A resume that would
+    change the iteration's size is refused."""
+    extra = {"bidist_mappo": ["--kd", "3"]}.get(script, [])  # the checkpoint falls inside a kd block
+    run_script(f"{script}.py", *TINY, *extra, "--total-timesteps", "64", cwd=tmp_path)
+    (checkpoint,) = glob.glob(f"{tmp_path}/runs/*/checkpoint.pt")
+    shutil.copy(checkpoint, tmp_path / "saved.pt")
+    result = run_script(f"{script}.py", "--resume", checkpoint, cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    saved = torch.load(tmp_path / "saved.pt", weights_only=False)
+    restored = torch.load(checkpoint, weights_only=False)
+    assert saved["iteration"] == restored["iteration"] == 2
+    if script == "bidist_mappo":
+        assert len(saved["window"]) == 2
+    for key in saved.keys() - {"args"}:
+        assert_same(saved[key], restored[key], key)
+
+    line = error_line(run_script(f"{script}.py", "--resume", "saved.pt", "--num-envs", "4", cwd=tmp_path, check=False))
+    assert line == "error: --resume saved.pt was trained with --num-envs 2, not 4"
