@@ -375,14 +375,19 @@ class ValueNorm(nn.Module):
 
 def write_atomically(path: str, mode: str, write) -> None:
     """Calls `write(file)` on a temporary file beside `path`, then renames it to `path`: a crash
-    mid-write leaves the previous file intact."""
+    mid-write leaves the previous file intact (and removes the temporary one)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write leaves no half-written temporary file either
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_checkpoint(path: str, state: dict) -> None:

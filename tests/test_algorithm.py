@@ -2,6 +2,7 @@
 algorithm script, so that no copy drifts untested) and of utils' numerics."""
 import importlib
 import inspect
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -176,10 +177,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     utils.save_checkpoint(str(path), {"algorithm": "mappo", "x": 1})
 
-    def crash(*args, **kwargs):
+    def crash(state, f, *args, **kwargs):  # a write that fails halfway, leaving a truncated file
+        if isinstance(f, (str, os.PathLike)):
+            f = open(f, "wb")
+        f.write(b"PK\x03\x04 half a checkpoint")
+        f.flush()
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
         utils.save_checkpoint(str(path), {"algorithm": "mappo", "x": 2})
     assert utils.load_checkpoint(str(path))["x"] == 1, "a failed write must leave the previous checkpoint"
+    assert os.listdir(tmp_path) == ["ck.pt"], "and no temporary file"

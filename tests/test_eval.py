@@ -190,17 +190,22 @@ def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_table(tmp_path, cooking_checkpoints):
-    flags = ["--checkpoint", cooking_checkpoints[0], "--background", *cooking_checkpoints, "--num-episodes", "4",
-             "--num-workers", "2"]
-    first = run_script("eval_scenarios.py", *flags, "--output", "a", cwd=tmp_path)
-    second = run_script("eval_scenarios.py", *flags, "--output", "b", "--num-workers", "1", cwd=tmp_path)
-    table = first.stdout[first.stdout.index("| scenario"):].split("\n\n")[0]
-    assert table in second.stdout
-    a, b = (json.load(open(tmp_path / f"{name}.json"))["results"] for name in "ab")
-    assert a == b, "same seed, same episodes, whatever the number of workers"
-    names = [e["background_player_names"][0] for e in a[0]["episode_results"]]
-    assert set(names) == set(cooking_checkpoints), "both background checkpoints are sampled"
+def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
+    """The same --seed gives every episode the same seed and background draw with 1 or 2 workers.
+    The returns themselves do not repeat: Melting Pot's engine assigns spawn points in an order
+    that varies between builds (README, Reproducibility); measured here on pure_coordination, where
+    the networks of save_fake_checkpoint (far from uniform) earn non-zero returns."""
+    save_fake_checkpoint(tmp_path / "a.pt")
+    save_fake_checkpoint(tmp_path / "b.pt", algorithm="mappo", hidden=8)
+    flags = ["--checkpoint", "a.pt", "--background", "a.pt", "b.pt", "--num-episodes", "4"]
+    run_script("eval_scenarios.py", *flags, "--output", "a", "--num-workers", "2", cwd=tmp_path)
+    run_script("eval_scenarios.py", *flags, "--output", "b", "--num-workers", "1", cwd=tmp_path)
+    a, b = (json.load(open(tmp_path / f"{name}.json"))["results"][0]["episode_results"] for name in "ab")
+    for key in ["seed", "background_player_names"]:
+        assert [e[key] for e in a] == [e[key] for e in b], key
+    assert len({e["seed"] for e in a}) == 4
+    assert {e["background_player_names"][0] for e in a} == {"a.pt", "b.pt"}, "both background checkpoints are sampled"
+    assert sum(e["focal_player_returns"][0] != 0 for e in a + b) >= 2, "returns to compare"
 
 
 @pytest.mark.parametrize(
