@@ -38,6 +38,28 @@ def test_batch_shapes_and_keys(substrate, players, rgb, world):
         envs.close()
 
 
+def test_each_row_is_its_own_environment_and_slot_across_workers():
+    """Row env * num_players + player must carry that player's action in and its observation out,
+    across the worker boundary (3 environments on 2 workers: 2 + 1). Firing the interact beam
+    (action 7) empties the firing player's READY_TO_SHOOT for a few steps, and nothing else
+    changes while everyone else stands still: exactly one vector entry, in exactly that row."""
+    envs = utils.MeltingPotVecEnv("pure_coordination_in_the_matrix__repeated", num_envs=3, seed=0, num_workers=2)
+    try:
+        players = envs.num_players
+        vector = envs.reset()["vector"]
+        for row in [1, 4, 2, 5, 0, 3]:
+            actions = np.zeros(3 * players, dtype=int)
+            actions[row] = 7
+            fired = envs.step(actions)[0]["vector"]
+            changed = np.argwhere(fired != vector)
+            assert [r for r, _ in changed] == [row], f"firing in row {row} changed rows {changed[:, 0].tolist()}"
+            for _ in range(4):  # stand still until the beam is ready again
+                recovered = envs.step(np.zeros(3 * players, dtype=int))[0]["vector"]
+            np.testing.assert_array_equal(recovered, vector)
+    finally:
+        envs.close()
+
+
 def test_full_resolution_flag():
     envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", 1, seed=0, downsample=False)
     try:
