@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_script, spawned_workers
+from conftest import ALGORITHM_SCRIPTS, ROOT, run_script, spawned_workers
 
 
 def scalars(run_dir):
@@ -87,9 +87,10 @@ def test_ctrl_c_saves_the_state_of_a_whole_iteration_and_leaves_no_workers(tmp_p
     assert spawned_workers() - before == set()
 
 
-def test_ctrl_c_while_the_environments_start_is_one_line(tmp_path):
+@pytest.mark.parametrize("script", ALGORITHM_SCRIPTS)
+def test_ctrl_c_while_the_environments_start_is_one_line(tmp_path, script):
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "mappo.py"), "--substrate", "territory__rooms", "--num-envs", "2",
+        [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", "territory__rooms", "--num-envs", "2",
          "--num-minibatches", "2"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
