@@ -618,7 +618,8 @@ if __name__ == "__main__":
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
-            completed = copy.deepcopy(state(iteration - 1))
+            # (the window's rollouts are never changed in place, so the copy shares them)
+            completed = copy.deepcopy(state(iteration - 1), memo={id(x): x for rollout in window for x in rollout})
             # ALGO LOGIC: mixed play. Draw the slots phi plays in this rollout; a slot whose
             # controller changed starts from a zero recurrent state (our choice, ALGORITHM.md)
             new_fictitious = torch.tensor(sample_mask(args.num_envs, args.num_players, args.p).ravel()).to(device)

@@ -91,7 +91,8 @@ def test_automatic_reset_and_episode_statistics():
                 np.testing.assert_allclose(episode["returns"], running[players * e : players * (e + 1)], rtol=1e-6)
                 assert episode["collective_return"] == pytest.approx(running[players * e : players * (e + 1)].sum())
                 seen.append((t, e))
-                rewarded |= {e} if np.any(episode["returns"]) else set()
+                if np.any(episode["returns"]):
+                    rewarded.add(e)
             running[dones] = 0
             if t % 20 == 0 and rewarded == {0, 1}:
                 break
