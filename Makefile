@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train train-mappo test bench bots clean
+.PHONY: install train train-mappo test bench bots mutate clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ bench: $(STAMP)
 
 bots: $(STAMP)
 	$(PY) -m pip install -r requirements-bots.txt
+
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-mutate.txt
+	$(PY) scripts/mutate.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)

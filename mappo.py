@@ -222,6 +222,38 @@ class Critic(nn.Module):
         return self.head(x).flatten()
 
 
+class ValueNorm(nn.Module):
+    """Running mean and variance of the value targets; the critic predicts normalised values.
+
+    MAPPO's value normalisation (Yu et al., 2022), with the exact running moments of every
+    target seen so far (Chan et al.'s parallel update) in place of MAPPO's debiased EMA
+    (beta 0.99999, which is nearly the same thing).
+    """
+
+    def __init__(self, epsilon: float = 1e-5):
+        super().__init__()
+        self.epsilon = epsilon
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()  # detached: the moments carry no gradient
+        batch_mean, batch_var, batch_count = x.mean(), x.var(unbiased=False), x.numel()
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean.copy_(self.mean + delta * batch_count / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + self.epsilon)).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * torch.sqrt(self.var + self.epsilon) + self.mean).to(x.dtype)
+
+
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """Generalised advantage estimation over time-major (T, B) tensors. dones[t] = 1 when the
     observation at step t starts a new episode (CleanRL's convention)."""
@@ -315,7 +347,7 @@ if __name__ == "__main__":
 
     actor = Actor(envs, args).to(device)
     critic = Critic(envs, args).to(device)
-    value_norm = utils.ValueNorm().to(device)
+    value_norm = ValueNorm().to(device)
     optimizer = optim.Adam([*actor.parameters(), *critic.parameters()], lr=args.learning_rate, eps=1e-5)
     global_step = 0
     if checkpoint:

@@ -3,7 +3,6 @@
 - `import_meltingpot`: import Melting Pot without paying for TensorFlow.
 - `MeltingPotVecEnv`: `num_envs` substrates in worker processes, stepped in lockstep with
   automatic reset; the players of all environments are the rows of one batch.
-- `ValueNorm`: running mean and variance of the value targets.
 - checkpoints: atomic save, load with a one-line error for a foreign checkpoint, RNG state;
   `CheckpointPolicy`, a checkpoint's trained population as a Melting Pot policy.
 - `parse_args`: tyro, with a resumed run's saved flags as the defaults.
@@ -330,43 +329,6 @@ class MeltingPotVecEnv:
     def __del__(self):
         if hasattr(self, "closed"):
             self.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Value normalisation
-
-
-class ValueNorm(nn.Module):
-    """Running mean and variance of the value targets; the critic predicts normalised values.
-
-    MAPPO's value normalisation (Yu et al., 2022), with the exact running moments of every
-    target seen so far (Chan et al.'s parallel update) in place of MAPPO's debiased EMA
-    (beta 0.99999, which is nearly the same thing).
-    """
-
-    def __init__(self, epsilon: float = 1e-5):
-        super().__init__()
-        self.epsilon = epsilon
-        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("var", torch.ones((), dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double().flatten()
-        batch_mean, batch_var, batch_count = x.mean(), x.var(unbiased=False), x.numel()
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean.copy_(self.mean + delta * batch_count / total)
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / torch.sqrt(self.var + self.epsilon)).to(x.dtype)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * torch.sqrt(self.var + self.epsilon) + self.mean).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

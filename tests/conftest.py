@@ -66,10 +66,12 @@ def run_main_in_process(script, flags, cwd, observe):
         tree = ast.parse(f.read(), path)
     main = tree.body[-1]
     assert isinstance(main, ast.If) and ast.unparse(main.test) == "__name__ == '__main__'", f"{path}: no main block last"
-    name = f"_{script}_under_test"
-    module = types.ModuleType(name)
+    # The module keeps the script's own name (dataclasses and tyro look it up in sys.modules, and
+    # `make mutate`'s mutants are switched on by module name); the imported script is put back after.
+    module = types.ModuleType(script)
     module.__file__ = path
-    sys.modules[name] = module  # dataclasses and tyro look their module up
+    imported = sys.modules.get(script)
+    sys.modules[script] = module
     old_argv, old_cwd, old_hook, old_sigint = sys.argv, os.getcwd(), sys.excepthook, signal.getsignal(signal.SIGINT)
     try:
         exec(compile(ast.Module(tree.body[:-1], type_ignores=[]), path, "exec"), module.__dict__)
@@ -82,4 +84,7 @@ def run_main_in_process(script, flags, cwd, observe):
         sys.argv, sys.excepthook = old_argv, old_hook
         signal.signal(signal.SIGINT, old_sigint)
         os.chdir(old_cwd)
-        del sys.modules[name]
+        if imported is None:
+            del sys.modules[script]
+        else:
+            sys.modules[script] = imported

@@ -149,10 +149,10 @@ def test_ppo_loss_matches_a_hand_computation(script):
     assert (grads[~inside & (np.sign(newlogprob - logprob) == np.sign(normalised))] == 0).all()
 
 
-def test_value_norm_matches_numpy_statistics():
+def test_value_norm_matches_numpy_statistics(script):
     rng = np.random.default_rng(1)
     batches = [rng.normal(3.0, 2.0, size=n) for n in (7, 100, 1, 33)]
-    norm = utils.ValueNorm()
+    norm = script.ValueNorm()
     for batch in batches:
         norm.update(torch.tensor(batch))
     data = np.concatenate(batches)

@@ -11,8 +11,9 @@ import torch
 
 from bidist_mappo import (Actor, Args, anti_target_reverse_loss, compute_gae, distill, distill_diagnostics,
                           forward_distillation_loss, input_dependence, jsd_reverse_loss, kl_divergence,
-                          mirror_reverse_loss, mixed_action, ppo_loss, reverse_distillation_loss, reverse_loss,
-                          sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss)
+                          mirror_reverse_loss, mixed_action, ppo_loss, restart_from, reverse_distillation_loss,
+                          reverse_loss, sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss,
+                          unroll_phi)
 from test_algorithm import FakeEnvs
 
 
@@ -154,6 +155,24 @@ def test_reverse_loss_dispatches_on_the_objective_flag():
     for objective, value in expected.items():
         args.reverse_objective = objective
         assert reverse_loss(hist, phi, start, args).item() == pytest.approx(value.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["forward", "capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"])
+def test_each_loss_is_the_mean_over_observations_of_its_value_on_each_alone(objective):
+    # (T, B, A) logits: every reduction must run over the action axis only, and the batch is a plain mean
+    torch.manual_seed(0)
+    hist, phi, start = (2 * torch.randn(3, 4, 5) for _ in range(3))
+    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0,
+                           reverse_objective=objective)
+
+    def loss(h, p, s):
+        return forward_distillation_loss(h, p, 1.5) if objective == "forward" else reverse_loss(h, p, s, args)
+
+    alone = [loss(h[None], p[None], s[None]).item() for h, p, s in zip(*(x.reshape(-1, 5) for x in (hist, phi, start)))]
+    assert len(set(np.round(alone, 6))) > 1
+    assert loss(hist, phi, start).item() == pytest.approx(np.mean(alone), rel=1e-5)
+    per_row = [kl_divergence(h[None], p[None]).item() for h, p in zip(hist.reshape(-1, 5), phi.reshape(-1, 5))]
+    np.testing.assert_allclose(kl_divergence(hist, phi).flatten().numpy(), per_row, rtol=1e-5)
 
 
 def test_mask_keeps_a_trained_slot_in_every_environment():
@@ -311,6 +330,42 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
         assert after["kl"] < before["kl"]
     else:
         assert after["kl"] > before["kl"]
+
+
+def test_a_trust_region_phase_keeps_phi_near_where_it_started():
+    theta = make_actor(0)
+    window = make_window(theta)
+    rgb, vector, done, _ = (torch.cat(x, dim=1) for x in zip(*window))
+    everything = torch.arange(rgb.shape[1])
+    moved, phis = {}, {}
+    for objective, beta in [("capped-kl", 0.0), ("trust-region", 0.0), ("trust-region", 10.0)]:
+        phi = make_actor(1)
+        with torch.no_grad():
+            start = unroll_phi(phi, rgb, vector, done, everything)
+        args = SimpleNamespace(distill_epochs=4, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5,
+                               reverse_objective=objective, reverse_trust=beta)
+        # one minibatch of every sequence per epoch (phi_start's unroll draws actions from torch's RNG)
+        distill(phi, torch.optim.Adam(phi.parameters(), lr=1e-2), window, "reverse", rgb.shape[1], args)
+        with torch.no_grad():
+            moved[objective, beta] = kl_divergence(start, unroll_phi(phi, rgb, vector, done, everything)).mean().item()
+        phis[objective, beta] = phi
+    # beta = 0 is the capped push exactly; the anchor to phi at the phase start holds phi back
+    for a, b in zip(phis["capped-kl", 0.0].parameters(), phis["trust-region", 0.0].parameters()):
+        torch.testing.assert_close(a, b)
+    assert moved["trust-region", 10.0] < 0.5 * moved["trust-region", 0.0]
+
+
+def test_restart_from_copies_theta_into_phi_and_forgets_the_optimizer_moments():
+    theta, phi = make_actor(0), make_actor(1)
+    optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
+    distill(phi, optimizer, make_window(theta), "forward", 4,
+            SimpleNamespace(distill_epochs=1, eta_f=1.0, max_grad_norm=0.5))
+    assert len(optimizer.state) > 0
+    restart_from(phi, optimizer, theta)
+    for a, b in zip(phi.state_dict().values(), theta.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert len(optimizer.state) == 0
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(phi.parameters(), theta.parameters())), "a copy, not shared"
 
 
 def test_distillation_resets_phi_at_the_stored_done_flags():

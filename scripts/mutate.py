@@ -1,0 +1,100 @@
+"""Mutation testing of the algorithm functions of every algorithm script (`make mutate`).
+
+mutmut (configured in pyproject.toml) copies the scripts into ./mutants/, makes small changes
+to one function at a time (a `+` for a `-`, `1` for `0`, a dropped argument, ...) and runs the
+fast unit tests that call that function; a mutant is killed when a test fails. This script
+picks the functions (the algorithm, not argument checks or logging), runs mutmut over them and
+prints the score per function and the survivors, which README "Mutation testing" accounts for.
+
+    .venv/bin/python scripts/mutate.py              # every algorithm script
+    .venv/bin/python scripts/mutate.py --jobs 2     # mutants tested in parallel
+    .venv/bin/mutmut show NAME                      # the diff of one mutant
+
+mutmut keeps its results in ./mutants/ and re-tests only what changed; delete the folder for a
+clean run. This file is the process that runs mutmut, so that the environment workers which
+tests/test_loop.py spawns re-import this guarded file instead of mutmut's command line.
+"""
+
+import argparse
+import collections
+import glob
+import os
+import subprocess
+import sys
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The algorithm of each script, as mutmut names functions ("x_" + name, methods "xǁClassǁname").
+FUNCTIONS = [
+    "x_compute_gae", "x_ppo_loss", "xǁActorǁget_states", "xǁActorǁget_action", "xǁCriticǁget_value",
+    "xǁValueNormǁupdate", "xǁValueNormǁnormalize", "xǁValueNormǁdenormalize",
+    # mixed play and distillation (BiDist)
+    "x_sample_mask", "x_mixed_action", "x_kl_divergence", "x_forward_distillation_loss",
+    "x_reverse_distillation_loss", "x_trust_region_reverse_loss", "x_anti_target_reverse_loss",
+    "x_mirror_reverse_loss", "x_shift_reverse_loss", "x_jsd_reverse_loss", "x_reverse_loss",
+    "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_input_dependence", "x_restart_from",
+]
+DETECTED = {"killed", "timeout"}
+
+
+def algorithm_scripts():
+    return sorted(os.path.basename(p)[: -len(".py")] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
+
+
+def results():
+    """{mutant name: status} of every mutant mutmut has generated."""
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mutmut"), "results", "--all", "true"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(line.strip().split(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def function_of(mutant):
+    return mutant.split("__mutmut_")[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel (default 1)")
+    parser.add_argument("--report-only", action="store_true", help="print the last run's score, run nothing")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    with open("pyproject.toml", "rb") as f:
+        source_paths = tomllib.load(f)["tool"]["mutmut"]["source_paths"]
+    missing = [f"{s}.py" for s in algorithm_scripts() if f"{s}.py" not in source_paths]
+    if missing:
+        sys.exit(f"error: pyproject.toml [tool.mutmut] source_paths lacks {', '.join(missing)}: add it")
+    patterns = [f"{script}.{function}__mutmut_*" for script in algorithm_scripts() for function in FUNCTIONS]
+    if not args.report_only:
+        from mutmut.__main__ import cli  # imported here: spawned processes re-import this file
+
+        try:
+            cli(["run", "--max-children", str(args.jobs), *patterns], standalone_mode=False)
+        except SystemExit as e:
+            if e.code:
+                raise
+    in_scope = {f"{script}.{function}" for script in algorithm_scripts() for function in FUNCTIONS}
+    status = {m: s for m, s in results().items() if function_of(m) in in_scope}
+    if not status:
+        sys.exit("error: no mutants in scope; run without --report-only first")
+    per_function = collections.defaultdict(collections.Counter)
+    for mutant, s in status.items():
+        per_function[function_of(mutant)][s] += 1
+    print(f"\n{'function':<46} {'mutants':>7} {'killed':>7} {'survived':>8} {'other':>6}")
+    for function in sorted(per_function):
+        c = per_function[function]
+        detected = sum(c[s] for s in DETECTED)
+        print(f"{function:<46} {sum(c.values()):>7} {detected:>7} {c['survived']:>8} "
+              f"{sum(c.values()) - detected - c['survived']:>6}")
+    total = len(status)
+    detected = sum(s in DETECTED for s in status.values())
+    print(f"\n{detected} of {total} mutants killed ({100 * detected / total:.1f}%); timeouts count as killed")
+    survivors = sorted(m for m, s in status.items() if s not in DETECTED)
+    if survivors:
+        print("not killed (`.venv/bin/mutmut show NAME` for the diff):")
+        for m in survivors:
+            print(f"  {m}: {status[m]}")
+
+
+if __name__ == "__main__":
+    main()
