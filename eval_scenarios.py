@@ -2,6 +2,7 @@
 # population as the focal players of Melting Pot scenarios, scored by focal per-capita return.
 # Docs and an example table: README.md
 import concurrent.futures
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ import random
 import signal
 import zlib
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -20,11 +22,13 @@ from tqdm import tqdm
 
 import utils
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 @dataclass
 class Args:
     checkpoint: str
-    """the focal population: a checkpoint of mappo.py or bidist_mappo.py (for BiDist, theta)"""
+    """the focal population: a checkpoint of any algorithm script (*mappo.py; for BiDist, theta)"""
     scenarios: list[str] = field(default_factory=list)
     """official scenarios by name (clean_up_0) or by substrate (clean_up: all of its scenarios); default:
     every scenario of the checkpoint's substrate, unless --background is given"""
@@ -57,6 +61,74 @@ class Target:
     substrate: str
     background: tuple = ()  # checkpoint paths of a custom background population; () for an official scenario
     num_focal: int = 0
+
+
+def algorithm_scripts():
+    """The training scripts beside this file whose checkpoints evaluation reads: every *mappo.py."""
+    return sorted(name[: -len(".py")] for name in os.listdir(HERE) if name.endswith("mappo.py"))
+
+
+class CheckpointPolicy:
+    """The trained population `theta` of any algorithm script's checkpoint as a Melting Pot policy
+    (`initial_state`, `step`, `close`, as `meltingpot.utils.policies.policy.Policy`).
+
+    The contract between a training script and evaluation: the checkpoint holds `algorithm` (the
+    script's name, `X` for `X.py` beside this file), `substrate`, `args` (the run's flags) and
+    `actor` (the state dict of the script's `Actor(sizes, args)`, with `initial_state(batch,
+    device)`, `get_states(rgb, vector, state, done)` and a `policy` head). A new script that keeps
+    that contract is evaluated with no edit here.
+
+    It applies the training preprocessing (`player_features`) to the focal observation, carries
+    the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
+    checkpoint's fictitious population `phi` is not read: focal players are `theta`. The policy
+    is stateless apart from the weights, so one instance may play several slots; `close` does
+    nothing. Melting Pot steps the slots in threads, in no fixed order, so each slot samples from
+    its own random stream: `initial_state` (called in slot order) draws the stream's seed from
+    torch's global generator, and the state is (LSTM state, seed, step).
+    """
+
+    def __init__(self, path: str, flag: str = "--checkpoint", device: str = "cpu"):
+        checkpoint = utils.load_checkpoint(path, flag)
+        script = checkpoint["algorithm"]
+        if script not in algorithm_scripts():
+            raise SystemExit(f"error: {flag} {path} was written by {script}.py, which is not beside eval_scenarios.py; "
+                             f"algorithm scripts here: {', '.join(s + '.py' for s in algorithm_scripts())}")
+        self.path, self.substrate, self.device = path, checkpoint["substrate"], torch.device(device)
+        saved = checkpoint["args"]
+        self.downsample = saved["downsample"]
+        self.vector_keys, sizes = utils.actor_sizes(self.substrate, self.downsample)
+        self.actor = importlib.import_module(script).Actor(sizes, SimpleNamespace(**saved))  # the script's own network
+        self.actor.load_state_dict(checkpoint["actor"])
+        self.actor.to(self.device).eval()
+
+    def initial_state(self):
+        return self.actor.initial_state(1, self.device), int(torch.randint(2**62, ())), 0
+
+    @torch.no_grad()
+    def logits(self, timestep, prev_state):
+        """The actor's logits for this timestep, and the next LSTM state, from the LSTM state."""
+        rgb, vector = utils.player_features(timestep.observation, self.vector_keys, self.downsample)
+        rgb = torch.as_tensor(rgb, device=self.device)[None]
+        vector = torch.as_tensor(vector, device=self.device)[None]
+        done = torch.full((1,), float(timestep.first()), device=self.device)
+        hidden, state = self.actor.get_states(rgb, vector, prev_state, done)
+        return self.actor.policy(hidden)[0], state
+
+    def step(self, timestep, prev_state):
+        lstm_state, seed, step = prev_state
+        logits, lstm_state = self.logits(timestep, lstm_state)
+        generator = torch.Generator().manual_seed(seed + step)
+        action = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)
+        return int(action), (lstm_state, seed, step + 1)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.close()
 
 
 def confidence_interval(values, level=0.95):
@@ -111,8 +183,6 @@ def check_bots(scenarios):
         return False
     name, model_path = next(iter(needs.items()))
     noop = [s for s in sorted(mp.scenario.SCENARIOS) if not bots(s)]
-    import importlib.util
-
     if importlib.util.find_spec("tensorflow") is None:
         raise SystemExit(f"error: scenario {name} has Melting Pot bots, which need TensorFlow: run `make bots` "
                          f"(scenarios that need none: {', '.join(noop)}; or use --background)")
@@ -145,7 +215,7 @@ RANDOM_BACKGROUND = "uniform_random"  # a --background name for uniformly random
 
 class UniformRandomPolicy:
     """A Melting Pot policy that picks every action uniformly at random: the reference background
-    that no training can have prepared for or against. Seeded per slot like utils.CheckpointPolicy."""
+    that no training can have prepared for or against. Seeded per slot like CheckpointPolicy."""
 
     def __init__(self, num_actions):
         self.num_actions = num_actions
@@ -171,7 +241,7 @@ def _policy(path, device, substrate):
             num_actions = utils.import_meltingpot().substrate.get_factory(substrate).action_spec().num_values
             _policies[path, substrate] = UniformRandomPolicy(num_actions)
         else:
-            _policies[path, substrate] = utils.CheckpointPolicy(path, device=device)
+            _policies[path, substrate] = CheckpointPolicy(path, device=device)
     return _policies[path, substrate]
 
 
@@ -296,7 +366,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --device {args.device!r} is not a torch device; valid: cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {args.device}: no CUDA device here; use --device cpu")
-    focal = utils.CheckpointPolicy(args.checkpoint, device=args.device)
+    focal = CheckpointPolicy(args.checkpoint, device=args.device)
     substrate = focal.substrate
     mp = utils.import_meltingpot()
 
@@ -310,7 +380,7 @@ if __name__ == "__main__":
         for path in args.background:
             if path == RANDOM_BACKGROUND:
                 continue
-            background = utils.CheckpointPolicy(path, flag="--background")
+            background = CheckpointPolicy(path, flag="--background")
             if background.substrate != substrate:
                 raise SystemExit(f"error: --background {path} was trained on {background.substrate}, "
                                  f"but --checkpoint {args.checkpoint} on {substrate}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import tyro
 
+import eval_scenarios
 import utils
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -84,8 +85,8 @@ def parse_method(spec):
     if not words:
         raise SystemExit(f"error: --methods {spec!r} names no script")
     script, flags = words[0].removesuffix(".py"), tuple(words[1:])
-    if not os.path.isfile(os.path.join(ROOT, f"{script}.py")) or script in ("study", "eval_scenarios", "utils"):
-        valid = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
+    valid = eval_scenarios.algorithm_scripts()
+    if script not in valid:
         raise SystemExit(f"error: --methods {spec!r}: no training script {script}.py; valid: {', '.join(valid)}")
     for flag in flags:
         if flag.split("=")[0] in RUNNER_FLAGS:
@@ -343,8 +344,6 @@ def _init_quiet_worker():
     """An evaluation worker (eval_scenarios') whose stderr is closed: some substrates' engines print
     warnings at every episode's build, which would bury the progress bar. Errors still come back as
     exceptions."""
-    import eval_scenarios
-
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     eval_scenarios._init_worker(False)
 
@@ -354,8 +353,6 @@ def crossplay(populations, backgrounds, args):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
     all done, so an interrupted evaluation continues where it stopped."""
-    import eval_scenarios
-
     os.makedirs(f"{args.out}/crossplay", exist_ok=True)
     scenario = f"{args.substrate}__background_{args.num_focal}_focal"
     results, todo, steps = {}, [], {}
@@ -623,11 +620,11 @@ def policy_space(populations, args):
     import pandas as pd
     from sklearn.manifold import TSNE
 
-    first = utils.CheckpointPolicy(populations[0].checkpoint)
+    first = eval_scenarios.CheckpointPolicy(populations[0].checkpoint)
     probe = probe_observations(args.substrate, first.downsample, args.seed)
     points, features = [], []
     for population in populations:
-        policy = utils.CheckpointPolicy(population.checkpoint)
+        policy = eval_scenarios.CheckpointPolicy(population.checkpoint)
         if policy.downsample != first.downsample:
             print(f"policy space: {population.name} skipped (other --downsample than {populations[0].name})")
             continue

@@ -4,7 +4,7 @@
 - `MeltingPotVecEnv`: `num_envs` substrates in worker processes, stepped in lockstep with
   automatic reset; the players of all environments are the rows of one batch.
 - checkpoints: atomic save, load with a one-line error for a foreign checkpoint, RNG state;
-  `CheckpointPolicy`, a checkpoint's trained population as a Melting Pot policy.
+  the sizes and input features of a substrate's actor.
 - `parse_args`: tyro, with a resumed run's saved flags as the defaults.
 """
 
@@ -413,68 +413,6 @@ def actor_sizes(substrate_name: str, downsample: bool):
         vector_dim=sum(int(np.prod(observation[k].shape)) for k in vector_keys),
         num_actions=num_actions,
     )
-
-
-class CheckpointPolicy:
-    """The trained population `theta` of a mappo.py or bidist_mappo.py checkpoint as a Melting Pot
-    policy (`initial_state`, `step`, `close`, as `meltingpot.utils.policies.policy.Policy`).
-
-    It applies the training preprocessing (`player_features`) to the focal observation, carries
-    the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
-    checkpoint's fictitious population `phi` is not read: focal players are `theta`. The policy
-    is stateless apart from the weights, so one instance may play several slots; `close` does
-    nothing. Melting Pot steps the slots in threads, in no fixed order, so each slot samples from
-    its own random stream: `initial_state` (called in slot order) draws the stream's seed from
-    torch's global generator, and the state is (LSTM state, seed, step).
-    """
-
-    ALGORITHMS = ("mappo", "bidist_mappo")
-
-    def __init__(self, path: str, flag: str = "--checkpoint", device: str = "cpu"):
-        import importlib
-        from types import SimpleNamespace
-
-        checkpoint = load_checkpoint(path, flag)
-        if checkpoint["algorithm"] not in self.ALGORITHMS:
-            raise SystemExit(f"error: {flag} {path} is a {checkpoint['algorithm']} checkpoint; "
-                             f"valid: {', '.join(self.ALGORITHMS)}")
-        self.path, self.substrate, self.device = path, checkpoint["substrate"], torch.device(device)
-        saved = checkpoint["args"]
-        self.downsample = saved["downsample"]
-        self.vector_keys, sizes = actor_sizes(self.substrate, self.downsample)
-        actor_class = importlib.import_module(checkpoint["algorithm"]).Actor  # the script's own network
-        self.actor = actor_class(sizes, SimpleNamespace(downsample=self.downsample, hidden_size=saved["hidden_size"]))
-        self.actor.load_state_dict(checkpoint["actor"])
-        self.actor.to(self.device).eval()
-
-    def initial_state(self):
-        return self.actor.initial_state(1, self.device), int(torch.randint(2**62, ())), 0
-
-    @torch.no_grad()
-    def logits(self, timestep, prev_state):
-        """The actor's logits for this timestep, and the next LSTM state, from the LSTM state."""
-        rgb, vector = player_features(timestep.observation, self.vector_keys, self.downsample)
-        rgb = torch.as_tensor(rgb, device=self.device)[None]
-        vector = torch.as_tensor(vector, device=self.device)[None]
-        done = torch.full((1,), float(timestep.first()), device=self.device)
-        hidden, state = self.actor.get_states(rgb, vector, prev_state, done)
-        return self.actor.policy(hidden)[0], state
-
-    def step(self, timestep, prev_state):
-        lstm_state, seed, step = prev_state
-        logits, lstm_state = self.logits(timestep, lstm_state)
-        generator = torch.Generator().manual_seed(seed + step)
-        action = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)
-        return int(action), (lstm_state, seed, step + 1)
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        self.close()
 
 
 def rng_state() -> dict:

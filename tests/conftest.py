@@ -1,5 +1,4 @@
 import ast
-import glob
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import eval_scenarios  # noqa: E402 (needs ROOT on the path)
 
 
 def run_script(script, *flags, cwd, timeout=300, check=True):
@@ -51,9 +51,10 @@ def tiny_flags():
     return list(TINY)
 
 
-# Every algorithm script: mappo.py and each `<method>_mappo.py` copy of its loop. Tests of the
-# per-script copies (GAE, LSTM unroll, PPO loss, the rollout/update path) run over all of them.
-ALGORITHM_SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
+# Every algorithm script: mappo.py and each `<method>_mappo.py` copy of its loop, as evaluation
+# finds them. Tests of the per-script copies (GAE, LSTM unroll, PPO loss, the rollout/update path)
+# run over all of them.
+ALGORITHM_SCRIPTS = eval_scenarios.algorithm_scripts()
 
 
 def run_main_in_process(script, flags, cwd, observe):

@@ -1,4 +1,4 @@
-"""The Melting Pot policy adapter (utils.CheckpointPolicy) and eval_scenarios.py."""
+"""The Melting Pot policy adapter (eval_scenarios.CheckpointPolicy) and eval_scenarios.py."""
 import glob
 import json
 import math
@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+import eval_scenarios
 import utils
 from bidist_mappo import Actor
 from conftest import TINY, run_script
 from test_mappo import error_line
-from eval_scenarios import (Target, check_bots, confidence_interval, custom_factory, markdown_table, read_normalise,
-                            resolve_scenarios, summarise)
+from eval_scenarios import (CheckpointPolicy, Target, check_bots, confidence_interval, custom_factory,
+                            markdown_table, read_normalise, resolve_scenarios, summarise)
 
 SUBSTRATE = "pure_coordination_in_the_matrix__repeated"
 
@@ -59,7 +60,7 @@ def save_fake_checkpoint(path, algorithm="bidist_mappo", hidden=16):
 
 def test_adapter_matches_the_training_network_on_a_real_sequence(tmp_path):
     theta, _ = save_fake_checkpoint(tmp_path / "c.pt")
-    policy = utils.CheckpointPolicy(str(tmp_path / "c.pt"))
+    policy = CheckpointPolicy(str(tmp_path / "c.pt"))
     timesteps = real_timesteps()
 
     state, adapter_logits = policy.initial_state()[0], []
@@ -89,18 +90,40 @@ def test_adapter_matches_the_training_network_on_a_real_sequence(tmp_path):
 
 def test_a_bidist_checkpoint_gives_theta_not_phi(tmp_path):
     theta, phi = save_fake_checkpoint(tmp_path / "c.pt")
-    policy = utils.CheckpointPolicy(str(tmp_path / "c.pt"))
+    policy = CheckpointPolicy(str(tmp_path / "c.pt"))
     for name, value in policy.actor.state_dict().items():
         assert torch.equal(value, theta.state_dict()[name])
     assert not torch.equal(policy.actor.policy.weight, phi.policy.weight)
 
 
+def test_a_new_script_beside_evaluation_is_evaluated_with_no_edit(tmp_path, monkeypatch):
+    # a copy of mappo.py under a new name, its own Actor recognisable by a different hidden size
+    (tmp_path / "copy_mappo.py").write_text(open(os.path.join(os.path.dirname(eval_scenarios.__file__), "mappo.py")).read())
+    monkeypatch.setattr(eval_scenarios, "HERE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert eval_scenarios.algorithm_scripts() == ["copy_mappo"]
+    theta, _ = save_fake_checkpoint(tmp_path / "c.pt", algorithm="copy_mappo", hidden=8)
+    policy = CheckpointPolicy(str(tmp_path / "c.pt"))
+    assert type(policy.actor).__module__ == "copy_mappo"
+    for name, value in policy.actor.state_dict().items():
+        assert torch.equal(value, theta.state_dict()[name])
+    state = policy.initial_state()
+    assert 0 <= policy.step(real_timesteps(steps=1)[0], state)[0] < 8
+
+
 def test_adapter_refuses_foreign_files(tmp_path):
-    torch.save({"algorithm": "rpm", "substrate": SUBSTRATE, "args": {}}, tmp_path / "rpm.pt")
-    with pytest.raises(SystemExit, match="error: --checkpoint .*rpm.pt is a rpm checkpoint; valid: mappo, bidist_mappo"):
-        utils.CheckpointPolicy(str(tmp_path / "rpm.pt"))
+    torch.save({"algorithm": "rpm_mappo", "substrate": SUBSTRATE, "args": {}}, tmp_path / "rpm.pt")
+    with pytest.raises(SystemExit) as error:
+        CheckpointPolicy(str(tmp_path / "rpm.pt"), flag="--background")
+    scripts = ", ".join(f"{s}.py" for s in eval_scenarios.algorithm_scripts())
+    assert str(error.value) == (f"error: --background {tmp_path / 'rpm.pt'} was written by rpm_mappo.py, which is not "
+                                f"beside eval_scenarios.py; algorithm scripts here: {scripts}")
+    assert "mappo.py" in scripts and "bidist_mappo.py" in scripts
+    torch.save({"algorithm": "utils", "substrate": SUBSTRATE, "args": {}}, tmp_path / "utils.pt")
+    with pytest.raises(SystemExit, match="was written by utils.py, which is not beside"):
+        CheckpointPolicy(str(tmp_path / "utils.pt"))
     with pytest.raises(SystemExit, match="no such file"):
-        utils.CheckpointPolicy(str(tmp_path / "none.pt"))
+        CheckpointPolicy(str(tmp_path / "none.pt"))
 
 
 def test_confidence_interval_against_a_hand_computation():
@@ -113,7 +136,7 @@ def test_custom_background_samples_checkpoints_and_restricts_focal_observations(
     save_fake_checkpoint(tmp_path / "a.pt")
     save_fake_checkpoint(tmp_path / "b.pt", algorithm="mappo")
     mp = utils.import_meltingpot()
-    policies = {str(tmp_path / n): utils.CheckpointPolicy(str(tmp_path / n), flag="--background") for n in ("a.pt", "b.pt")}
+    policies = {str(tmp_path / n): CheckpointPolicy(str(tmp_path / n), flag="--background") for n in ("a.pt", "b.pt")}
     factory = custom_factory(mp, Target("custom", SUBSTRATE, tuple(policies), num_focal=1), policies)
     assert factory.num_focal_players() == 1
     random.seed(3)
