@@ -34,6 +34,8 @@ FUNCTIONS = [
     "x_reverse_distillation_loss", "x_trust_region_reverse_loss", "x_anti_target_reverse_loss",
     "x_mirror_reverse_loss", "x_shift_reverse_loss", "x_jsd_reverse_loss", "x_reverse_loss",
     "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_input_dependence", "x_restart_from",
+    # the pool of past selves (FSP)
+    "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
 ]
 DETECTED = {"killed", "timeout"}
 

@@ -2,6 +2,7 @@
 algorithm script, so that no copy drifts untested) and of utils' numerics."""
 import importlib
 import inspect
+import math
 import os
 from types import SimpleNamespace
 
@@ -15,6 +16,16 @@ from conftest import ALGORITHM_SCRIPTS
 
 @pytest.fixture(params=ALGORITHM_SCRIPTS)
 def script(request):
+    return importlib.import_module(request.param)
+
+
+# the mixed-play scripts: a share of the slots is played by another population (phi, past selves), drawn
+# by the same mask, and PPO trains on the other slots only
+MIXED_PLAY_SCRIPTS = [s for s in ALGORITHM_SCRIPTS if hasattr(importlib.import_module(s), "sample_mask")]
+
+
+@pytest.fixture(params=MIXED_PLAY_SCRIPTS)
+def mixed_script(request):
     return importlib.import_module(request.param)
 
 
@@ -189,3 +200,74 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         utils.save_checkpoint(str(path), {"algorithm": "mappo", "x": 2})
     assert utils.load_checkpoint(str(path))["x"] == 1, "a failed write must leave the previous checkpoint"
     assert os.listdir(tmp_path) == ["ck.pt"], "and no temporary file"
+
+
+def test_mask_keeps_a_trained_slot_in_every_environment(mixed_script):
+    np.random.seed(0)
+    for players in (1, 2, 7):
+        mask = mixed_script.sample_mask(5000, players, p=0.9)
+        assert mask.shape == (5000, players) and mask.dtype == bool
+        assert not mask.all(axis=1).any()
+    assert not mixed_script.sample_mask(1000, 4, p=0.0).any()
+    full = mixed_script.sample_mask(40_000, 4, p=1.0)
+    assert (full.sum(axis=1) == 3).all()
+    # the slot given back to theta is drawn uniformly: each of the 4 positions 1/4 of the time
+    # (binomial std 0.0022; 0.015 is 7 of them)
+    np.testing.assert_allclose((~full).mean(axis=0), 0.25, atol=0.015)
+
+
+@pytest.mark.parametrize("players, p", [(2, 0.5), (7, 0.5), (3, 0.9)])
+def test_mask_fraction_matches_p_after_the_correction(mixed_script, players, p):
+    # Exact law of one environment's fictitious count: Binomial(players, p), with `players` mapped
+    # to players - 1 by the correction. Expectation and variance by enumeration.
+    law = {}
+    for k in range(players + 1):
+        probability = math.comb(players, k) * p**k * (1 - p) ** (players - k)
+        count = min(k, players - 1)
+        law[count] = law.get(count, 0.0) + probability
+    mean = sum(c * q for c, q in law.items()) / players
+    std = math.sqrt(sum((c / players - mean) ** 2 * q for c, q in law.items()))
+    num_envs = 200_000
+    np.random.seed(1)
+    fraction = mixed_script.sample_mask(num_envs, players, p).mean()
+    # |Z| > 5 has probability 5.7e-7: this cannot fail by chance more than once in a million runs
+    assert abs(fraction - mean) < 5 * std / math.sqrt(num_envs)
+    assert mean < p  # the correction makes the realised fraction a little less than p
+
+
+def test_ppo_ignores_the_slots_theta_does_not_play(mixed_script):
+    """Rewards and actions recorded for slots phi or a past self played do not change theta's loss or gradient."""
+    T, E, P = 8, 2, 3
+    rows = E * P
+    torch.manual_seed(0)
+    actor = mixed_script.Actor(FakeEnvs, mixed_script.Args(hidden_size=16))
+    args = SimpleNamespace(clip_coef=0.2, norm_adv=True, clip_vloss=True, ent_coef=0.01, vf_coef=0.5)
+    trained = torch.tensor([True, False, True, False, True, True])
+    rgb, vector = torch.randint(0, 256, (T * rows, 5, 5, 3), dtype=torch.uint8), torch.randn(T * rows, 2)
+    dones = torch.zeros(T, rows)
+    dones[4, 1] = dones[5, 2] = 1
+    values, logprobs = torch.randn(T, rows), torch.randn(T, rows) - 2.0
+    rewards, actions = torch.randn(T, rows), torch.randint(0, 8, (T, rows))
+
+    def loss_and_grad(rewards, actions):
+        advantages, returns = mixed_script.compute_gae(rewards, values, dones, torch.zeros(rows), torch.zeros(rows), 0.99, 0.95)
+        _, newlogprob, entropy, _, _ = actor.get_action(rgb, vector, actor.initial_state(rows, "cpu"),
+                                                        dones.flatten(), actions.flatten())
+        newvalue = values.flatten() + 0.3  # stands in for the critic's output
+        actor.zero_grad()
+        loss, _ = mixed_script.ppo_loss(newlogprob, entropy, newvalue, logprobs.flatten(), advantages.flatten(),
+                           values.flatten(), returns.flatten(), trained.repeat(T), args)
+        loss.backward()
+        return loss.item(), actor.policy.weight.grad.clone()
+
+    loss, grad = loss_and_grad(rewards, actions)
+    changed_rewards, changed_actions = rewards.clone(), actions.clone()
+    changed_rewards[:, ~trained] += 10.0
+    changed_actions[:, ~trained] = (changed_actions[:, ~trained] + 3) % 8
+    loss2, grad2 = loss_and_grad(changed_rewards, changed_actions)
+    assert loss2 == pytest.approx(loss, abs=1e-6)
+    torch.testing.assert_close(grad2, grad)
+
+    # ...while the same change on a trained slot does change it (the test can fail)
+    changed_rewards[:, 0] += 10.0
+    assert loss_and_grad(changed_rewards, actions)[0] != pytest.approx(loss, abs=1e-6)

@@ -1,5 +1,6 @@
-"""Pure-function tests of what bidist_mappo.py adds to MAPPO: distillation losses, the mixed-play
-mask, mixed action selection, the masked PPO loss and the phase schedule."""
+"""Pure-function tests of what bidist_mappo.py adds to MAPPO: distillation losses, mixed action
+selection and the phase schedule (the mask and the masked PPO loss: tests/test_algorithm.py, for
+every mixed-play script)."""
 import copy
 import math
 from itertools import product
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bidist_mappo import (Actor, Args, anti_target_reverse_loss, compute_gae, distill, distill_diagnostics,
+from bidist_mappo import (Actor, Args, anti_target_reverse_loss, distill, distill_diagnostics,
                           forward_distillation_loss, input_dependence, jsd_reverse_loss, kl_divergence,
-                          mirror_reverse_loss, mixed_action, ppo_loss, restart_from, reverse_distillation_loss,
-                          reverse_loss, sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss,
-                          unroll_phi)
+                          mirror_reverse_loss, mixed_action, restart_from, reverse_distillation_loss, reverse_loss,
+                          sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss, unroll_phi)
 from test_algorithm import FakeEnvs
 
 
@@ -175,39 +175,6 @@ def test_each_loss_is_the_mean_over_observations_of_its_value_on_each_alone(obje
     np.testing.assert_allclose(kl_divergence(hist, phi).flatten().numpy(), per_row, rtol=1e-5)
 
 
-def test_mask_keeps_a_trained_slot_in_every_environment():
-    np.random.seed(0)
-    for players in (1, 2, 7):
-        mask = sample_mask(5000, players, p=0.9)
-        assert mask.shape == (5000, players) and mask.dtype == bool
-        assert not mask.all(axis=1).any()
-    assert not sample_mask(1000, 4, p=0.0).any()
-    full = sample_mask(40_000, 4, p=1.0)
-    assert (full.sum(axis=1) == 3).all()
-    # the slot given back to theta is drawn uniformly: each of the 4 positions 1/4 of the time
-    # (binomial std 0.0022; 0.015 is 7 of them)
-    np.testing.assert_allclose((~full).mean(axis=0), 0.25, atol=0.015)
-
-
-@pytest.mark.parametrize("players, p", [(2, 0.5), (7, 0.5), (3, 0.9)])
-def test_mask_fraction_matches_p_after_the_correction(players, p):
-    # Exact law of one environment's fictitious count: Binomial(players, p), with `players` mapped
-    # to players - 1 by the correction. Expectation and variance by enumeration.
-    law = {}
-    for k in range(players + 1):
-        probability = math.comb(players, k) * p**k * (1 - p) ** (players - k)
-        count = min(k, players - 1)
-        law[count] = law.get(count, 0.0) + probability
-    mean = sum(c * q for c, q in law.items()) / players
-    std = math.sqrt(sum((c / players - mean) ** 2 * q for c, q in law.items()))
-    num_envs = 200_000
-    np.random.seed(1)
-    fraction = sample_mask(num_envs, players, p).mean()
-    # |Z| > 5 has probability 5.7e-7: this cannot fail by chance more than once in a million runs
-    assert abs(fraction - mean) < 5 * std / math.sqrt(num_envs)
-    assert mean < p  # the correction makes the realised fraction a little less than p
-
-
 def make_actor(seed, hidden=16):
     torch.manual_seed(seed)
     return Actor(FakeEnvs, Args(hidden_size=hidden))
@@ -248,44 +215,6 @@ def test_fictitious_rows_act_with_phi_and_keep_theta_logits():
     action, _, logits, _, _ = mixed_action(theta, phi, fictitious, rgb, vector, state, state, done)
     assert action.tolist() == [1, 6, 6, 1]
     assert (logits.argmax(dim=1) == 1).all(), "recorded logits are theta's on every row"
-
-
-def test_ppo_ignores_fictitious_slots():
-    """Rewards and actions recorded for fictitious slots do not change theta's loss or gradient."""
-    T, E, P = 8, 2, 3
-    rows = E * P
-    torch.manual_seed(0)
-    actor = make_actor(0)
-    args = SimpleNamespace(clip_coef=0.2, norm_adv=True, clip_vloss=True, ent_coef=0.01, vf_coef=0.5)
-    trained = torch.tensor([True, False, True, False, True, True])
-    rgb, vector = torch.randint(0, 256, (T * rows, 5, 5, 3), dtype=torch.uint8), torch.randn(T * rows, 2)
-    dones = torch.zeros(T, rows)
-    dones[4, 1] = dones[5, 2] = 1
-    values, logprobs = torch.randn(T, rows), torch.randn(T, rows) - 2.0
-    rewards, actions = torch.randn(T, rows), torch.randint(0, 8, (T, rows))
-
-    def loss_and_grad(rewards, actions):
-        advantages, returns = compute_gae(rewards, values, dones, torch.zeros(rows), torch.zeros(rows), 0.99, 0.95)
-        _, newlogprob, entropy, _, _ = actor.get_action(rgb, vector, actor.initial_state(rows, "cpu"),
-                                                        dones.flatten(), actions.flatten())
-        newvalue = values.flatten() + 0.3  # stands in for the critic's output
-        actor.zero_grad()
-        loss, _ = ppo_loss(newlogprob, entropy, newvalue, logprobs.flatten(), advantages.flatten(),
-                           values.flatten(), returns.flatten(), trained.repeat(T), args)
-        loss.backward()
-        return loss.item(), actor.policy.weight.grad.clone()
-
-    loss, grad = loss_and_grad(rewards, actions)
-    changed_rewards, changed_actions = rewards.clone(), actions.clone()
-    changed_rewards[:, ~trained] += 10.0
-    changed_actions[:, ~trained] = (changed_actions[:, ~trained] + 3) % 8
-    loss2, grad2 = loss_and_grad(changed_rewards, changed_actions)
-    assert loss2 == pytest.approx(loss, abs=1e-6)
-    torch.testing.assert_close(grad2, grad)
-
-    # ...while the same change on a trained slot does change it (the test can fail)
-    changed_rewards[:, 0] += 10.0
-    assert loss_and_grad(changed_rewards, actions)[0] != pytest.approx(loss, abs=1e-6)
 
 
 def phases(iterations, **flags):
