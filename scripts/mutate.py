@@ -11,8 +11,7 @@ prints the score per function and the survivors, which README "Mutation testing"
     .venv/bin/mutmut show NAME                      # the diff of one mutant
 
 mutmut keeps its results in ./mutants/ and re-tests only what changed; delete the folder for a
-clean run. This file is the process that runs mutmut, so that the environment workers which
-tests/test_loop.py spawns re-import this guarded file instead of mutmut's command line.
+clean run.
 """
 
 import argparse
@@ -68,7 +67,7 @@ def main():
         sys.exit(f"error: pyproject.toml [tool.mutmut] source_paths lacks {', '.join(missing)}: add it")
     patterns = [f"{script}.{function}__mutmut_*" for script in algorithm_scripts() for function in FUNCTIONS]
     if not args.report_only:
-        from mutmut.__main__ import cli  # imported here: spawned processes re-import this file
+        from mutmut.__main__ import cli
 
         try:
             cli(["run", "--max-children", str(args.jobs), *patterns], standalone_mode=False)

@@ -67,8 +67,8 @@ def run_main_in_process(script, flags, cwd, observe):
         tree = ast.parse(f.read(), path)
     main = tree.body[-1]
     assert isinstance(main, ast.If) and ast.unparse(main.test) == "__name__ == '__main__'", f"{path}: no main block last"
-    # The module keeps the script's own name (dataclasses and tyro look it up in sys.modules, and
-    # `make mutate`'s mutants are switched on by module name); the imported script is put back after.
+    # The module keeps the script's own name (dataclasses and tyro look it up in sys.modules, and the
+    # functions' __module__ is then the script's, as when imported); the imported script is put back after.
     module = types.ModuleType(script)
     module.__file__ = path
     imported = sys.modules.get(script)

@@ -120,20 +120,27 @@ def test_critic_sees_world_and_player_index(script):
     assert not torch.allclose(values, critic.get_value(other_world, rgb, vector))
 
 
-def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef):
+def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef,
+                     norm_adv=True, clip_vloss=True):
     """The PPO loss of one minibatch written out element by element (advantages normalised by
-    their sample standard deviation, as torch's std does)."""
-    adv = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+    their sample standard deviation, as torch's std does), with its parts."""
+    adv = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8) if norm_adv else advantages
     pg, v = [], []
     for i in range(len(adv)):
         ratio = float(np.exp(newlogprob[i] - logprob[i]))
         pg.append(max(-adv[i] * ratio, -adv[i] * min(max(ratio, 1 - clip), 1 + clip)))
         clipped = value[i] + min(max(newvalue[i] - value[i], -clip), clip)
-        v.append(max((newvalue[i] - target[i]) ** 2, (clipped - target[i]) ** 2))
-    return np.mean(pg) - ent_coef * np.mean(entropy) + vf_coef * 0.5 * np.mean(v)
+        unclipped = (newvalue[i] - target[i]) ** 2
+        v.append(max(unclipped, (clipped - target[i]) ** 2) if clip_vloss else unclipped)
+    logratio = newlogprob - logprob
+    parts = {"pg_loss": np.mean(pg), "v_loss": 0.5 * np.mean(v), "entropy": np.mean(entropy),
+             "old_approx_kl": np.mean(-logratio), "approx_kl": np.mean(np.exp(logratio) - 1 - logratio),
+             "clipfrac": np.mean(np.abs(np.exp(logratio) - 1) > clip)}
+    return parts["pg_loss"] - ent_coef * parts["entropy"] + vf_coef * parts["v_loss"], parts
 
 
-def test_ppo_loss_matches_a_hand_computation(script):
+@pytest.mark.parametrize("norm_adv, clip_vloss", [(True, True), (False, False)])
+def test_ppo_loss_matches_a_hand_computation(script, norm_adv, clip_vloss):
     rng = np.random.default_rng(3)
     n = 6
     logprob = rng.normal(-1.5, 0.3, n)
@@ -141,23 +148,27 @@ def test_ppo_loss_matches_a_hand_computation(script):
     entropy, advantages = rng.random(n), rng.normal(size=n)
     value, target = rng.normal(size=n), rng.normal(size=n)
     newvalue = value + np.array([0.5, -0.05, 0.0, 0.3, -0.4, 0.1])
-    args = SimpleNamespace(clip_coef=0.2, norm_adv=True, clip_vloss=True, ent_coef=0.01, vf_coef=0.5)
+    args = SimpleNamespace(clip_coef=0.2, norm_adv=norm_adv, clip_vloss=clip_vloss, ent_coef=0.01, vf_coef=0.5)
     inputs = dict(zip(["newlogprob", "entropy", "newvalue", "logprob", "advantages", "value", "target"],
                       (torch.tensor(x, requires_grad=True) for x in
                        (newlogprob, entropy, newvalue, logprob, advantages, value, target))))
     if "trained" in inspect.signature(script.ppo_loss).parameters:  # mixed play: every row trained here
         inputs["trained"] = torch.ones(n, dtype=torch.bool)
     loss, stats = script.ppo_loss(**inputs, args=args)
-    expected = ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, 0.2, 0.01, 0.5)
+    expected, parts = ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, 0.2, 0.01,
+                                       0.5, norm_adv, clip_vloss)
     assert loss.item() == pytest.approx(expected, rel=1e-9)
-    assert stats["clipfrac"].item() == pytest.approx(3 / 6)
+    assert parts["clipfrac"] == 3 / 6
+    assert stats.keys() == parts.keys()
+    for name, value in parts.items():
+        assert stats[name].item() == pytest.approx(value, rel=1e-9), name
     loss.backward()
     # raising the log-prob of an action with positive advantage lowers the loss (inside the clip)
     inside = np.abs(np.exp(newlogprob - logprob) - 1) <= 0.2
-    normalised = (advantages - advantages.mean()) / advantages.std()
+    signs = np.sign(advantages - advantages.mean() if norm_adv else advantages)
     grads = inputs["newlogprob"].grad.numpy()
-    assert (np.sign(grads[inside]) == -np.sign(normalised[inside])).all()
-    assert (grads[~inside & (np.sign(newlogprob - logprob) == np.sign(normalised))] == 0).all()
+    assert (np.sign(grads[inside]) == -signs[inside]).all()
+    assert (grads[~inside & (np.sign(newlogprob - logprob) == signs)] == 0).all()
 
 
 def test_value_norm_matches_numpy_statistics(script):
@@ -169,10 +180,20 @@ def test_value_norm_matches_numpy_statistics(script):
     data = np.concatenate(batches)
     assert norm.mean.item() == pytest.approx(data.mean(), rel=1e-12)
     assert norm.var.item() == pytest.approx(data.var(), rel=1e-12)
-    x = torch.tensor([0.5, 4.0])
+    x = torch.tensor([0.5, 4.0])  # float32, as the critic's values: the statistics are float64
     expected = (x.numpy() - data.mean()) / np.sqrt(data.var() + norm.epsilon)
     np.testing.assert_allclose(norm.normalize(x).numpy(), expected, rtol=1e-6)
+    y = torch.tensor([-1.0, 2.0])
+    np.testing.assert_allclose(norm.denormalize(y).numpy(), y.numpy() * np.sqrt(data.var() + norm.epsilon) + data.mean(),
+                               rtol=1e-6)
+    assert norm.normalize(x).dtype == norm.denormalize(x).dtype == torch.float32
     torch.testing.assert_close(norm.denormalize(norm.normalize(x)), x)
+    # constant targets (variance 0): epsilon keeps both directions finite and inverse to each other
+    constant = script.ValueNorm()
+    constant.update(torch.full((5,), 2.0))
+    assert constant.var.item() == 0.0
+    np.testing.assert_allclose(constant.normalize(x).numpy(), (x.numpy() - 2.0) / np.sqrt(1e-5), rtol=1e-6)
+    torch.testing.assert_close(constant.denormalize(constant.normalize(x)), x)
 
 
 def test_downsample_is_the_8x8_mean_within_rounding():
