@@ -248,10 +248,10 @@ class ValueNorm(nn.Module):
         self.count.copy_(total)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / torch.sqrt(self.var + self.epsilon)).to(x.dtype)
+        return (x - self.mean) / torch.sqrt(self.var + self.epsilon)  # float64 0-dim statistics keep x's dtype
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * torch.sqrt(self.var + self.epsilon) + self.mean).to(x.dtype)
+        return x * torch.sqrt(self.var + self.epsilon) + self.mean
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):

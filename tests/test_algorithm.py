@@ -148,6 +148,7 @@ def test_ppo_loss_matches_a_hand_computation(script, norm_adv, clip_vloss):
     entropy, advantages = rng.random(n), rng.normal(size=n)
     value, target = rng.normal(size=n), rng.normal(size=n)
     newvalue = value + np.array([0.5, -0.05, 0.0, 0.3, -0.4, 0.1])
+    target[[0, 4]] = value[[0, 4]] + [1.0, -1.0]  # moved past the clip towards the target: the clipped loss is larger
     args = SimpleNamespace(clip_coef=0.2, norm_adv=norm_adv, clip_vloss=clip_vloss, ent_coef=0.01, vf_coef=0.5)
     inputs = dict(zip(["newlogprob", "entropy", "newvalue", "logprob", "advantages", "value", "target"],
                       (torch.tensor(x, requires_grad=True) for x in
