@@ -40,7 +40,7 @@ def test_each_pool_row_plays_its_own_snapshot_and_theta_keeps_its_log_probs():
     rows = len(owner)
     rgb, vector, done = torch.randint(0, 256, (rows, 5, 5, 3), dtype=torch.uint8), torch.randn(rows, 2), torch.zeros(rows)
     state = theta.initial_state(rows, "cpu")
-    pool_state = (torch.full_like(state[0], 7.0), torch.full_like(state[1], 7.0))
+    pool_state = (torch.full_like(state[0], 7.0), torch.full_like(state[1], -3.0))
     action, logprob, theta_state, new_pool_state = pool_action(theta, pool, owner, rgb, vector, state, pool_state, done)
     assert action.tolist() == [1, 3, 5, 3, 1]
     # theta's log-probs of the actions taken on its own rows (PPO reads no other row), and theta's
@@ -50,7 +50,8 @@ def test_each_pool_row_plays_its_own_snapshot_and_theta_keeps_its_log_probs():
     torch.testing.assert_close(theta_state[0], expected_state[0])
     # each snapshot's recurrent state moves on its own rows; theta's rows keep theirs
     assert (new_pool_state[0][:, [0, 4]] == 7.0).all() and (new_pool_state[0][:, [1, 2, 3]] != 7.0).all()
-    assert (pool_state[0] == 7.0).all(), "the caller's state is not changed in place"
+    assert (new_pool_state[1][:, [0, 4]] == -3.0).all() and (new_pool_state[1][:, [1, 2, 3]] != -3.0).all()
+    assert (pool_state[0] == 7.0).all() and (pool_state[1] == -3.0).all(), "the caller's state is not changed in place"
     _, _, _, _, snapshot_state = pool[1].get_action(rgb[2:3], vector[2:3], (pool_state[0][:, 2:3], pool_state[1][:, 2:3]),
                                                     done[2:3])
     torch.testing.assert_close(new_pool_state[1][:, 2:3], snapshot_state[1])
