@@ -115,9 +115,9 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"] = "shift"
-    """the reverse phase's loss: shift (keeps phi input-dependent), capped-kl (the literal reading), trust-region,
-    anti-target, mirror or jsd (README)"""
+    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
+    """the reverse phase's loss: trust-region (the capped push held near phi's start: keeps phi live best, README),
+    capped-kl (the literal reading), anti-target, mirror, shift or jsd"""
     reverse_trust: float = 1.0
     """trust-region: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
     reverse_temperature: float = 2.0
