@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_script
+from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population, held_out_mask, parse_method,
                    run_status,
                    statistics, summarise_method, train_command, training_summary, write_outputs)
@@ -25,8 +25,13 @@ def test_methods_parse_with_labels_flags_and_one_line_errors():
     assert parse_method("mappo") == Method("mappo", "mappo", ())
     assert parse_method("bidist_mappo --p 0.3") == Method("bidist_mappo_p_0.3", "bidist_mappo", ("--p", "0.3"))
     assert parse_method("low_p=bidist_mappo.py --p 0.1") == Method("low_p", "bidist_mappo", ("--p", "0.1"))
-    with pytest.raises(SystemExit, match=r"error: --methods 'ppo': no training script ppo.py; valid: bidist_mappo, mappo"):
+    with pytest.raises(SystemExit) as error:
         parse_method("ppo")
+    valid = ", ".join(ALGORITHM_SCRIPTS)  # every *mappo.py beside study.py
+    assert str(error.value) == f"error: --methods 'ppo': no training script ppo.py; valid: {valid}"
+    assert {"mappo", "bidist_mappo", "fsp_mappo"} <= set(ALGORITHM_SCRIPTS)
+    with pytest.raises(SystemExit, match="no training script utils.py"):
+        parse_method("utils")
     with pytest.raises(SystemExit, match="sets --seed, which the study sets per run"):
         parse_method("mappo --seed 3")
 
