@@ -16,13 +16,14 @@ clean run.
 
 import argparse
 import collections
-import glob
 import os
 import subprocess
 import sys
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from eval_scenarios import algorithm_scripts  # noqa: E402 (the one list of algorithm scripts)
 
 # The algorithm of each script, as mutmut names functions ("x_" + name, methods "xǁClassǁname").
 FUNCTIONS = [
@@ -37,10 +38,6 @@ FUNCTIONS = [
     "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
 ]
 DETECTED = {"killed", "timeout"}
-
-
-def algorithm_scripts():
-    return sorted(os.path.basename(p)[: -len(".py")] for p in glob.glob(os.path.join(ROOT, "*mappo.py")))
 
 
 def results():
@@ -62,19 +59,19 @@ def main():
     os.chdir(ROOT)
     with open("pyproject.toml", "rb") as f:
         source_paths = tomllib.load(f)["tool"]["mutmut"]["source_paths"]
-    missing = [f"{s}.py" for s in algorithm_scripts() if f"{s}.py" not in source_paths]
+    scripts = algorithm_scripts()
+    missing = [f"{s}.py" for s in scripts if f"{s}.py" not in source_paths]
     if missing:
         sys.exit(f"error: pyproject.toml [tool.mutmut] source_paths lacks {', '.join(missing)}: add it")
-    patterns = [f"{script}.{function}__mutmut_*" for script in algorithm_scripts() for function in FUNCTIONS]
+    in_scope = sorted(f"{script}.{function}" for script in scripts for function in FUNCTIONS)
     if not args.report_only:
         from mutmut.__main__ import cli
 
         try:
-            cli(["run", "--max-children", str(args.jobs), *patterns], standalone_mode=False)
+            cli(["run", "--max-children", str(args.jobs), *(f"{f}__mutmut_*" for f in in_scope)], standalone_mode=False)
         except SystemExit as e:
             if e.code:
                 raise
-    in_scope = {f"{script}.{function}" for script in algorithm_scripts() for function in FUNCTIONS}
     status = {m: s for m, s in results().items() if function_of(m) in in_scope}
     if not status:
         sys.exit("error: no mutants in scope; run without --report-only first")
