@@ -1,16 +1,18 @@
-"""Throughput of the vectorised Melting Pot environment, mappo.py and bidist_mappo.py, in one run.
+"""Throughput and memory of the vectorised Melting Pot environment and of every algorithm script, in one run.
 
     python benchmarks/throughput.py                       # the README's table
-    python benchmarks/throughput.py --substrate clean_up --num-envs 8
+    python benchmarks/throughput.py --scripts mappo bidist_mappo --substrate clean_up
 
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner);
-2. mappo.py and 3. bidist_mappo.py (default --p 0.5 --kd 10): short training runs in subprocesses
+2. every *mappo.py (or --scripts) at its defaults plus SCRIPT_FLAGS: short training runs in subprocesses
    with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
-   run alternately --repeats times; the median of each is reported, because the speed of a shared
+   run in turn --repeats times; the median of each is reported, because the speed of a shared
    machine drifts between runs by more than the difference being measured.
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
-the raw environment and to mappo.py (BiDist's overhead), and the peak memory (sum of PSS over the
-process and its workers).
+the raw environment and to mappo.py (a method's overhead), the peak memory (sum of PSS over the
+process and its workers) and the method's own state at the end of the run: the bytes of what its
+final checkpoint holds beyond mappo.py's (BiDist's phi, its optimiser and its distillation window; a
+pool or memory of past policies).
 """
 
 import os
@@ -20,28 +22,37 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import eval_scenarios  # noqa: E402
 import utils  # noqa: E402
+
+# flags for the training rows besides the script's defaults: the policy pools fill within the measured
+# iterations (FSP's reaches its default cap of 20; RPM's memory takes a snapshot every iteration), so the rows
+# measure acting beside a full pool, as late in a real run, rather than beside the few snapshots of its start
+SCRIPT_FLAGS = {"fsp_mappo": ["--pool-every", "1"], "rpm_mappo": ["--rpm-save-every", "1"]}
 
 
 @dataclass
 class Args:
     substrate: str = "pure_coordination_in_the_matrix__repeated"
     """the Melting Pot substrate"""
+    scripts: list[str] = field(default_factory=eval_scenarios.algorithm_scripts)
+    """the training scripts measured (default: every *mappo.py); mappo is always one, the reference"""
     num_envs: int = 8
-    """parallel substrate instances, for both measurements"""
+    """parallel substrate instances, for every measurement"""
     raw_steps: int = 1000
     """steps of every environment for the raw measurement"""
     train_iterations: int = 30
     """iterations (of num_envs x 128 env steps) of each training measurement"""
     repeats: int = 3
-    """runs of each training measurement, alternating between the two scripts"""
+    """runs of each training measurement, taking the scripts in turn"""
     seed: int = 1
     """seed of every measurement"""
 
@@ -104,42 +115,72 @@ def raw_throughput(args):
     return args.raw_steps * args.num_envs / seconds, envs.num_players, memory.stop()
 
 
+def tensor_bytes(value):
+    """Bytes of the tensors and arrays in `value`, through dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
 def training_throughput(script, args):
+    """One training run of `script`: its env steps/s, peak memory and final checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, script), "--substrate", args.substrate,
+            [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", args.substrate,
              "--num-envs", str(args.num_envs), "--seed", str(args.seed),
              "--total-timesteps", str(args.train_iterations * args.num_envs * 128), "--num-steps", "128",
-             "--no-save-model", "--checkpoint-every", "0", "--exp-name", "benchmark"],
+             "--checkpoint-every", "0", "--exp-name", "benchmark", *SCRIPT_FLAGS.get(script, [])],
             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         memory = PeakMemory(process.pid)
         output, errors = process.communicate()
         peak = memory.stop()
-    if process.returncode != 0:
-        raise SystemExit(f"error: {script} failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
+        if process.returncode != 0:
+            raise SystemExit(f"error: {script}.py failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
+        (run,) = os.listdir(f"{tmp}/runs")
+        checkpoint = torch.load(f"{tmp}/runs/{run}/checkpoint.pt", weights_only=False, map_location="cpu")
     sps = int(re.findall(r"SPS ([\d,]+)", output)[-1].replace(",", ""))
-    return sps, peak
+    return sps, peak, checkpoint
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
+    valid = eval_scenarios.algorithm_scripts()
+    for script in args.scripts:
+        if script not in valid:
+            raise SystemExit(f"error: --scripts {script}: no {script}.py; valid: {', '.join(valid)}")
+    scripts = ["mappo"] + [s for s in dict.fromkeys(args.scripts) if s != "mappo"]
     raw_sps, players, raw_memory = raw_throughput(args)
-    runs = {"mappo.py": [], "bidist_mappo.py": []}
+    runs = {script: [] for script in scripts}
+    checkpoints = {}
     for _ in range(args.repeats):
-        for script in runs:
-            runs[script].append(training_throughput(script, args))
-    (mappo_sps, mappo_memory), (bidist_sps, bidist_memory) = (
-        (float(np.median([sps for sps, _ in r])), max(memory for _, memory in r)) for r in runs.values())
+        for script in scripts:
+            sps, peak, checkpoints[script] = training_throughput(script, args)
+            runs[script].append((sps, peak))
     for script, r in runs.items():
-        print(f"{script} runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
+        print(f"{script}.py runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
+    mappo_keys = set(checkpoints["mappo"])  # what MAPPO's checkpoint holds; the rest is the method's own state
+    rows = [("raw env, random actions", raw_sps, raw_memory, None)]
+    for script, r in runs.items():
+        method_state = {key: tensor_bytes(v) for key, v in checkpoints[script].items() if key not in mappo_keys}
+        flags = " ".join(SCRIPT_FLAGS.get(script, []))
+        rows.append((f"{script}.py training" + (f" ({flags})" if flags else ""), float(np.median([sps for sps, _ in r])),
+                     max(peak for _, peak in r), method_state))
+    mappo_sps = rows[1][1]
     print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
-          f"median of {args.repeats} training runs each\n")
-    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | peak memory |")
-    print("|---|---|---|---|---|---|")
-    for name, sps, memory in [("raw env, random actions", raw_sps, raw_memory),
-                              ("mappo.py training", mappo_sps, mappo_memory),
-                              ("bidist_mappo.py training", bidist_sps, bidist_memory)]:
+          f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n")
+    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | peak memory "
+          "| method's own state at the end |")
+    print("|---|---|---|---|---|---|---|")
+    for name, sps, memory, state in rows:
+        held = "-" if state is None else (", ".join(f"{key} {size / 2**20:,.1f} MiB" for key, size in state.items()
+                                                   if size) or "none")
         print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
-              f"| {memory / 2**20:,.0f} MiB |")
+              f"| {memory / 2**20:,.0f} MiB | {held} |")

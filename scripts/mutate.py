@@ -36,6 +36,8 @@ FUNCTIONS = [
     "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_input_dependence", "x_restart_from",
     # the pool of past selves (FSP)
     "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
+    # the ranked policy memory (RPM)
+    "x_memory_mask", "x_rpm_key", "x_sample_memory", "x_memory_snapshots", "x_memory_action",
 ]
 DETECTED = {"killed", "timeout"}
 

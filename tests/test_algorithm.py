@@ -19,13 +19,21 @@ def script(request):
     return importlib.import_module(request.param)
 
 
-# the mixed-play scripts: a share of the slots is played by another population (phi, past selves), drawn
-# by the same mask, and PPO trains on the other slots only
-MIXED_PLAY_SCRIPTS = [s for s in ALGORITHM_SCRIPTS if hasattr(importlib.import_module(s), "sample_mask")]
+# the mixed-play scripts: a share of the slots is played by another population (phi, past selves, a policy
+# memory) and PPO trains on the other slots only (their ppo_loss takes the `trained` mask)
+MIXED_PLAY_SCRIPTS = [s for s in ALGORITHM_SCRIPTS
+                      if "trained" in inspect.signature(importlib.import_module(s).ppo_loss).parameters]
+# of them, those drawing the slots with BiDist's mask (Bernoulli(p) per slot, a trained slot kept per environment)
+BERNOULLI_MASK_SCRIPTS = [s for s in MIXED_PLAY_SCRIPTS if hasattr(importlib.import_module(s), "sample_mask")]
 
 
 @pytest.fixture(params=MIXED_PLAY_SCRIPTS)
 def mixed_script(request):
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=BERNOULLI_MASK_SCRIPTS)
+def bernoulli_mask_script(request):
     return importlib.import_module(request.param)
 
 
@@ -224,14 +232,14 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ck.pt"], "and no temporary file"
 
 
-def test_mask_keeps_a_trained_slot_in_every_environment(mixed_script):
+def test_mask_keeps_a_trained_slot_in_every_environment(bernoulli_mask_script):
     np.random.seed(0)
     for players in (1, 2, 7):
-        mask = mixed_script.sample_mask(5000, players, p=0.9)
+        mask = bernoulli_mask_script.sample_mask(5000, players, p=0.9)
         assert mask.shape == (5000, players) and mask.dtype == bool
         assert not mask.all(axis=1).any()
-    assert not mixed_script.sample_mask(1000, 4, p=0.0).any()
-    full = mixed_script.sample_mask(40_000, 4, p=1.0)
+    assert not bernoulli_mask_script.sample_mask(1000, 4, p=0.0).any()
+    full = bernoulli_mask_script.sample_mask(40_000, 4, p=1.0)
     assert (full.sum(axis=1) == 3).all()
     # the slot given back to theta is drawn uniformly: each of the 4 positions 1/4 of the time
     # (binomial std 0.0022; 0.015 is 7 of them)
@@ -239,7 +247,7 @@ def test_mask_keeps_a_trained_slot_in_every_environment(mixed_script):
 
 
 @pytest.mark.parametrize("players, p", [(2, 0.5), (7, 0.5), (3, 0.9)])
-def test_mask_fraction_matches_p_after_the_correction(mixed_script, players, p):
+def test_mask_fraction_matches_p_after_the_correction(bernoulli_mask_script, players, p):
     # Exact law of one environment's fictitious count: Binomial(players, p), with `players` mapped
     # to players - 1 by the correction. Expectation and variance by enumeration.
     law = {}
@@ -251,10 +259,27 @@ def test_mask_fraction_matches_p_after_the_correction(mixed_script, players, p):
     std = math.sqrt(sum((c / players - mean) ** 2 * q for c, q in law.items()))
     num_envs = 200_000
     np.random.seed(1)
-    fraction = mixed_script.sample_mask(num_envs, players, p).mean()
+    fraction = bernoulli_mask_script.sample_mask(num_envs, players, p).mean()
     # |Z| > 5 has probability 5.7e-7: this cannot fail by chance more than once in a million runs
     assert abs(fraction - mean) < 5 * std / math.sqrt(num_envs)
     assert mean < p  # the correction makes the realised fraction a little less than p
+
+
+@pytest.mark.parametrize("name", [s for s in MIXED_PLAY_SCRIPTS if hasattr(importlib.import_module(s), "snapshot_of")])
+def test_snapshots_are_frozen_copies(name):
+    """A pool's or memory's snapshot of theta never trains, and theta's training never moves it."""
+    script = importlib.import_module(name)
+    theta, _ = make_nets(script)
+    snapshot = script.snapshot_of(theta)
+    before = {k: v.clone() for k, v in snapshot.state_dict().items()}
+    assert not any(p.requires_grad for p in snapshot.parameters())
+    optimizer = torch.optim.SGD(theta.parameters(), lr=1.0)
+    rgb, vector = torch.randint(0, 256, (4, 5, 5, 3), dtype=torch.uint8), torch.randn(4, 2)
+    theta.get_action(rgb, vector, theta.initial_state(4, "cpu"), torch.zeros(4))[1].sum().backward()
+    optimizer.step()
+    assert not torch.equal(theta.policy.weight, snapshot.policy.weight), "theta moved"
+    for key, value in snapshot.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_ppo_ignores_the_slots_theta_does_not_play(mixed_script):

@@ -3,7 +3,6 @@ selection and the phase schedule (the mask and the masked PPO loss: tests/test_a
 every mixed-play script)."""
 import copy
 import math
-from itertools import product
 from types import SimpleNamespace
 
 import numpy as np

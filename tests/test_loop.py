@@ -11,6 +11,9 @@ from conftest import ALGORITHM_SCRIPTS, TINY, run_main_in_process, run_script
 from test_mappo import error_line
 
 ITERATIONS = 4  # of 2 envs x 16 steps: episodes of 20 steps end inside the 2nd and 3rd rollouts
+# flags that make a script's mixed play happen within those 4 iterations (RPM's memory fills once an
+# episode has ended, so from the 3rd rollout)
+MIXING = {"rpm_mappo": ["--rpm-save-every", "1", "--rpm-sample-prob", "1"]}
 
 
 @pytest.mark.parametrize("script", ALGORITHM_SCRIPTS)
@@ -34,7 +37,7 @@ def test_the_update_recomputes_what_the_rollout_recorded(tmp_path, script):
 
         namespace["ppo_loss"] = recording_loss
 
-    flags = TINY + ["--learning-rate", "0", "--total-timesteps", str(2 * 16 * ITERATIONS), "--no-save-model",
+    flags = TINY + MIXING.get(script, []) + ["--learning-rate", "0", "--total-timesteps", str(2 * 16 * ITERATIONS), "--no-save-model",
                     "--checkpoint-every", "0", "--snapshot-every", "0"]
     run_main_in_process(script, flags, tmp_path, observe)
 
