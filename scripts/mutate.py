@@ -38,6 +38,8 @@ FUNCTIONS = [
     "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
     # the ranked policy memory (RPM)
     "x_memory_mask", "x_rpm_key", "x_sample_memory", "x_memory_snapshots", "x_memory_action",
+    # network randomisation (RandNet)
+    "x_random_convolution_weight", "x_randomize", "xǁActorǁfeatures", "x_feature_matching_loss",
 ]
 DETECTED = {"killed", "timeout"}
 
