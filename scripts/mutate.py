@@ -40,6 +40,9 @@ FUNCTIONS = [
     "x_memory_mask", "x_rpm_key", "x_sample_memory", "x_memory_snapshots", "x_memory_action",
     # network randomisation (RandNet)
     "x_random_convolution_weight", "x_randomize", "xǁActorǁfeatures", "x_feature_matching_loss",
+    # options as responses (OPRE)
+    "x_mixture_logp", "xǁOptionsPolicyǁoption_logp", "xǁOptionsPolicyǁforward", "xǁPosteriorǁget_logits",
+    "x_options_kl", "x_usage_entropy",
 ]
 DETECTED = {"killed", "timeout"}
 

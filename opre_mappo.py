@@ -1,0 +1,612 @@
+# OPRE (Options as Responses, Vezhnevets et al., ICML 2020) on MAPPO, Melting Pot, CleanRL style: mappo.py with
+# a policy that mixes options, weighted by a prior over options from the player's own history when acting and by
+# a posterior that also sees the whole world (training only) when learning. Docs and measured results: README.md
+import copy
+import os
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import utils
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of Python's `random` (Melting Pot's engine draws from it), numpy and torch, here and in every env worker"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, train on CUDA when it is available"""
+    track: bool = False
+    """if toggled, sync the TensorBoard logs to Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "bidist-meltingpot"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    save_model: bool = True
+    """if toggled, write a checkpoint when training ends (runs/{run_name}/checkpoint.pt)"""
+    checkpoint_every: int = 20
+    """write the checkpoint every N iterations as well (0: only at the end)"""
+    resume: Optional[str] = None
+    """path of a checkpoint to continue from; its run's flags become the defaults"""
+    snapshot_every: int = 50
+    """save the actor's weights alone every N iterations to runs/{run_name}/snapshots/ (0: never), for the
+    study's policy-space picture"""
+
+    # Environment settings
+    substrate: str = "pure_coordination_in_the_matrix__repeated"
+    """the Melting Pot substrate"""
+    num_envs: int = 8
+    """the number of parallel substrate instances"""
+    num_workers: Optional[int] = None
+    """the number of environment worker processes (default: one per core, at most num_envs)"""
+    downsample: bool = True
+    """average RGB over 8x8 sprites in the workers (88x88 -> 11x11); --no-downsample keeps full resolution"""
+    max_episode_steps: Optional[int] = None
+    """end episodes after this many steps (default: the substrate's own episode length)"""
+
+    # Algorithm specific arguments
+    total_timesteps: int = 1_000_000
+    """total environment steps of the experiment (each step is one action for every player)"""
+    learning_rate: float = 5e-4
+    """the learning rate of the optimizer"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches (split over environments, so that sequences stay whole)"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold"""
+    hidden_size: int = 128
+    """width of the torso, the LSTM and the critic"""
+
+    # OPRE
+    num_options: int = 8
+    """options: policy heads the policy mixes"""
+    options_kl_coef: float = 0.01
+    """coefficient of KL(q || p), the posterior over options against the prior"""
+    options_entropy_coef: float = 0.01
+    """coefficient of the entropy bonus of the posterior over options"""
+
+    # to be filled in runtime
+    num_players: int = 0
+    """the number of players of the substrate (computed in runtime)"""
+    batch_size: int = 0
+    """the batch size: player transitions per iteration (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def check_args(args):
+    """One-line errors for impossible settings, before any process starts."""
+    positive = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "hidden_size",
+                "num_options"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_envs % args.num_minibatches:
+        raise SystemExit(f"error: --num-envs {args.num_envs} must be a multiple of --num-minibatches {args.num_minibatches}")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise SystemExit(f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
+                         f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})")
+    for name in ["num_workers", "max_episode_steps"]:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ["checkpoint_every", "snapshot_every"]:
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ["options_kl_coef", "options_entropy_coef"]:
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    utils.check_substrate(args.substrate)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def conv_torso(frame_shape, sprite, out_size):
+    """Conv net over an RGB frame. On downsampled frames (sprite=1) the first layer embeds each
+    cell; on full-resolution frames (sprite=8) it is the 8x8/stride-8 layer of Melting Pot's
+    reference agents, so both see one feature vector per grid cell. The 3x3 layer has stride
+    2: it still covers every cell and makes the PPO update 2.6x cheaper than stride 1."""
+    h, w = (frame_shape[0] // sprite + 1) // 2, (frame_shape[1] // sprite + 1) // 2
+    return nn.Sequential(
+        layer_init(nn.Conv2d(3, 16, kernel_size=sprite, stride=sprite)),
+        nn.ReLU(),
+        layer_init(nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1)),
+        nn.ReLU(),
+        nn.Flatten(),
+        layer_init(nn.Linear(32 * h * w, out_size)),
+        nn.ReLU(),
+    )
+
+
+def to_image(frames):
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
+    return frames.permute(0, 3, 1, 2).float() / 255.0
+
+
+def mixture_logp(weight_logits, option_logp):
+    """OPRE's policy: log pi(a) = log sum_z w(z) pi_z(a), for option weights `weight_logits` (..., Z) and
+    the options' log-probabilities `option_logp` (..., Z, A). Returns normalised log-probabilities (..., A)."""
+    return torch.logsumexp(weight_logits.log_softmax(-1).unsqueeze(-1) + option_logp, dim=-2)
+
+
+class OptionsPolicy(nn.Module):
+    """The actor's policy head: num_options option heads pi_z(a | h) and the prior p(z | h) over them, both
+    from the player's own recurrent features h. Called on h it gives the acting policy, the prior mixture's
+    log-probabilities (so evaluation reads it as any actor's `policy` head). The prior starts uniform."""
+
+    def __init__(self, hidden_size, num_actions, num_options):
+        super().__init__()
+        self.num_options, self.num_actions = num_options, num_actions
+        self.options = layer_init(nn.Linear(hidden_size, num_options * num_actions), std=0.01)
+        self.prior = layer_init(nn.Linear(hidden_size, num_options), std=0.0)
+
+    def option_logp(self, hidden):
+        """log pi_z(a | h) of every option, (N, Z, A)."""
+        return self.options(hidden).view(-1, self.num_options, self.num_actions).log_softmax(-1)
+
+    def forward(self, hidden):
+        return mixture_logp(self.prior(hidden), self.option_logp(hidden))
+
+
+class Actor(nn.Module):
+    """theta: one recurrent policy shared by every player. It sees only what Melting Pot permits
+    focal players (own RGB and the permitted vector keys), never WORLD.RGB nor its slot index,
+    because at evaluation a focal player can sit in any slot."""
+
+    def __init__(self, envs, args):
+        super().__init__()
+        sprite = 1 if args.downsample else utils.SPRITE_SIZE
+        self.cnn = conv_torso(envs.rgb_shape, sprite, args.hidden_size)
+        self.torso = nn.Sequential(layer_init(nn.Linear(args.hidden_size + envs.vector_dim, args.hidden_size)), nn.ReLU())
+        self.lstm = nn.LSTM(args.hidden_size, args.hidden_size)
+        for name, param in self.lstm.named_parameters():
+            if "bias" in name:
+                nn.init.constant_(param, 0)
+            elif "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+        self.policy = OptionsPolicy(args.hidden_size, envs.num_actions, args.num_options)  # acts with the prior
+
+    def initial_state(self, batch, device):
+        return tuple(torch.zeros(1, batch, self.lstm.hidden_size, device=device) for _ in range(2))
+
+    def get_states(self, rgb, vector, lstm_state, done):
+        """Unrolls the LSTM over time-major rows (T * B), zeroing the state of a row where its
+        episode starts (done=1). nn.LSTM runs once per stretch of steps without any episode
+        start, which is the same computation as CleanRL's step-by-step loop, only faster."""
+        hidden = self.torso(torch.cat([self.cnn(to_image(rgb)), vector], dim=1))
+        batch = lstm_state[0].shape[1]
+        hidden = hidden.reshape(-1, batch, self.lstm.input_size)
+        done = done.reshape(-1, batch)
+        starts = torch.nonzero(done.any(dim=1)).flatten().tolist()
+        bounds = sorted({0, *starts, len(done)})
+        h, c = lstm_state
+        outputs = []
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            keep = (1.0 - done[begin]).view(1, -1, 1)
+            out, (h, c) = self.lstm(hidden[begin:end], (keep * h, keep * c))
+            outputs.append(out)
+        return torch.cat(outputs).flatten(0, 1), (h, c)
+
+    def get_action(self, rgb, vector, lstm_state, done, action=None):
+        hidden, lstm_state = self.get_states(rgb, vector, lstm_state, done)
+        logits = self.policy(hidden)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), logits, lstm_state
+
+
+class Critic(nn.Module):
+    """psi: the centralised critic, for training only. It sees the global view WORLD.RGB, the
+    player's own observation and a one-hot player index."""
+
+    def __init__(self, envs, args):
+        super().__init__()
+        sprite = 1 if args.downsample else utils.SPRITE_SIZE
+        self.num_players = envs.num_players
+        self.world_cnn = conv_torso(envs.world_shape, sprite, args.hidden_size)
+        self.obs_cnn = conv_torso(envs.rgb_shape, sprite, args.hidden_size)
+        self.head = nn.Sequential(
+            layer_init(nn.Linear(2 * args.hidden_size + envs.vector_dim + envs.num_players, args.hidden_size)),
+            nn.ReLU(),
+            layer_init(nn.Linear(args.hidden_size, 1), std=1.0),
+        )
+
+    def get_value(self, world, rgb, vector):
+        """world: (B, H, W, 3), one per environment; rgb, vector: (B * num_players, ...), rows
+        ordered env-major as the environment returns them. Returns normalised values."""
+        world_features = self.world_cnn(to_image(world)).repeat_interleave(self.num_players, dim=0)
+        player = torch.arange(len(rgb), device=rgb.device) % self.num_players
+        one_hot = nn.functional.one_hot(player, self.num_players).float()
+        x = torch.cat([world_features, self.obs_cnn(to_image(rgb)), vector, one_hot], dim=1)
+        return self.head(x).flatten()
+
+
+class Posterior(nn.Module):
+    """q(z | h, world): OPRE's posterior over options, for training only (like the critic). It sees the player's
+    own recurrent features h and the global view WORLD.RGB, in which every other player's situation shows; its
+    mixture of the options is the policy PPO trains, and KL(q || p) teaches the prior to predict it from h
+    alone. It starts uniform, like the prior."""
+
+    def __init__(self, envs, args):
+        super().__init__()
+        sprite = 1 if args.downsample else utils.SPRITE_SIZE
+        self.num_players = envs.num_players
+        self.world_cnn = conv_torso(envs.world_shape, sprite, args.hidden_size)
+        self.head = nn.Sequential(
+            layer_init(nn.Linear(2 * args.hidden_size, args.hidden_size)),
+            nn.ReLU(),
+            layer_init(nn.Linear(args.hidden_size, args.num_options), std=0.0),
+        )
+
+    def get_logits(self, world, hidden):
+        """world: (B, H, W, 3), one per environment; hidden: (B * num_players, hidden_size), rows env-major."""
+        world_features = self.world_cnn(to_image(world)).repeat_interleave(self.num_players, dim=0)
+        return self.head(torch.cat([world_features, hidden], dim=1))
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of the value targets; the critic predicts normalised values.
+
+    MAPPO's value normalisation (Yu et al., 2022), with the exact running moments of every
+    target seen so far (Chan et al.'s parallel update) in place of MAPPO's debiased EMA
+    (beta 0.99999, which is nearly the same thing).
+    """
+
+    def __init__(self, epsilon: float = 1e-5):
+        super().__init__()
+        self.epsilon = epsilon
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()  # detached: the moments carry no gradient
+        batch_mean, batch_var, batch_count = x.mean(), x.var(unbiased=False), x.numel()
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean.copy_(self.mean + delta * batch_count / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / torch.sqrt(self.var + self.epsilon)  # float64 0-dim statistics keep x's dtype
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sqrt(self.var + self.epsilon) + self.mean
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+    """Generalised advantage estimation over time-major (T, B) tensors. dones[t] = 1 when the
+    observation at step t starts a new episode (CleanRL's convention)."""
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    num_steps = len(rewards)
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, args):
+    """CleanRL's PPO loss for one minibatch: clipped surrogate, clipped value loss (values and
+    targets in ValueNorm's normalised units) and entropy bonus. Returns the loss and its parts."""
+    logratio = newlogprob - logprob
+    ratio = logratio.exp()
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - target) ** 2
+        v_clipped = value + torch.clamp(newvalue - value, -args.clip_coef, args.clip_coef)
+        v_loss_clipped = (v_clipped - target) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - target) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy_loss, "old_approx_kl": old_approx_kl,
+                  "approx_kl": approx_kl, "clipfrac": clipfrac}
+
+
+# OPRE
+def options_kl(posterior_logits, prior_logits):
+    """Mean over the rows of KL(q || p): how far the prior over options, from the player's own history alone,
+    is from the posterior that also sees the world. Its gradient teaches p to predict q and holds q near p."""
+    q_logp, p_logp = posterior_logits.log_softmax(-1), prior_logits.log_softmax(-1)
+    return (q_logp.exp() * (q_logp - p_logp)).sum(-1).mean()
+
+
+def usage_entropy(logits):
+    """Entropy of the mean option distribution over the rows, in nats: how many options are in use overall
+    (ln num_options: all of them equally; 0: one)."""
+    return Categorical(probs=logits.softmax(-1).mean(0)).entropy()
+
+
+def format_eta(seconds):
+    return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
+
+
+if __name__ == "__main__":
+    utils.quiet_interrupt()  # a Ctrl-C before training starts: one line, nothing saved
+    args = utils.parse_args(Args)
+    check_args(args)
+    checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
+    if checkpoint:
+        utils.check_checkpoint(checkpoint, args.resume, "opre_mappo", args,
+                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps"))
+        run_name = checkpoint["run_name"]
+    else:
+        run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = f"runs/{run_name}"
+    checkpoint_path = f"{run_dir}/checkpoint.pt"
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup: a resumed run reseeds its workers, so it does not replay the episodes it saw
+    start_iteration = checkpoint["iteration"] + 1 if checkpoint else 1
+    print(f"starting {args.num_envs} environments of {args.substrate}", flush=True)
+    envs = utils.MeltingPotVecEnv(
+        args.substrate, args.num_envs, seed=args.seed + start_iteration - 1, num_workers=args.num_workers,
+        downsample=args.downsample, max_episode_steps=args.max_episode_steps,
+    )
+    next_obs = envs.reset()
+    args.num_players = envs.num_players
+    num_rows = args.num_envs * args.num_players  # one row per player of every environment
+    args.batch_size = num_rows * args.num_steps
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+
+    actor = Actor(envs, args).to(device)
+    critic = Critic(envs, args).to(device)
+    posterior = Posterior(envs, args).to(device)  # training only, like the critic
+    value_norm = ValueNorm().to(device)
+    learned = [*actor.parameters(), *critic.parameters(), *posterior.parameters()]
+    optimizer = optim.Adam(learned, lr=args.learning_rate, eps=1e-5)
+    global_step = 0
+    if checkpoint:
+        actor.load_state_dict(checkpoint["actor"])
+        critic.load_state_dict(checkpoint["critic"])
+        posterior.load_state_dict(checkpoint["posterior"])
+        value_norm.load_state_dict(checkpoint["value_norm"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        utils.set_rng_state(checkpoint["rng"])
+        global_step = checkpoint["global_step"]
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            raise SystemExit("error: --track needs wandb: .venv/bin/pip install wandb") from None
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)  # drop logs past the checkpoint
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+    print(f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
+          f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}")
+
+    def state(iteration):
+        """What a checkpoint holds, as of the end of `iteration`."""
+        return {
+            "algorithm": "opre_mappo", "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
+            "iteration": iteration, "global_step": global_step,
+            "actor": actor.state_dict(), "critic": critic.state_dict(), "posterior": posterior.state_dict(),
+            "value_norm": value_norm.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
+        }
+
+    # ALGO Logic: Storage setup, time-major, one column per player row
+    obs_rgb = torch.zeros((args.num_steps, num_rows) + envs.rgb_shape, dtype=torch.uint8).to(device)
+    obs_vector = torch.zeros((args.num_steps, num_rows, envs.vector_dim)).to(device)
+    obs_world = torch.zeros((args.num_steps, args.num_envs) + envs.world_shape, dtype=torch.uint8).to(device)
+    actions = torch.zeros((args.num_steps, num_rows), dtype=torch.long).to(device)
+    logprobs = torch.zeros((args.num_steps, num_rows)).to(device)
+    rewards = torch.zeros((args.num_steps, num_rows)).to(device)
+    dones = torch.zeros((args.num_steps, num_rows)).to(device)
+    values = torch.zeros((args.num_steps, num_rows)).to(device)
+
+    # TRY NOT TO MODIFY: start the game
+    start_time, start_step, last_print = time.time(), global_step, 0.0
+    recent_returns = deque(maxlen=20)  # per-player returns of the last episodes, for the progress line
+    next_rgb = torch.tensor(next_obs["rgb"]).to(device)
+    next_vector = torch.tensor(next_obs["vector"]).to(device)
+    next_world = torch.tensor(next_obs["world"]).to(device)
+    next_done = torch.zeros(num_rows).to(device)
+    next_lstm_state = actor.initial_state(num_rows, device)
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
+            completed = copy.deepcopy(state(iteration - 1))
+            initial_lstm_state = (next_lstm_state[0].clone(), next_lstm_state[1].clone())
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs_rgb[step], obs_vector[step], obs_world[step] = next_rgb, next_vector, next_world
+                dones[step] = next_done
+
+                # ALGO LOGIC: action logic
+                with torch.no_grad():
+                    action, logprob, _, _, next_lstm_state = actor.get_action(next_rgb, next_vector, next_lstm_state, next_done)
+                    values[step] = critic.get_value(next_world, next_rgb, next_vector)
+                actions[step] = action
+                logprobs[step] = logprob
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, next_done_np, episodes = envs.step(action.cpu().numpy())
+                rewards[step] = torch.tensor(reward).to(device)
+                next_rgb = torch.tensor(next_obs["rgb"]).to(device)
+                next_vector = torch.tensor(next_obs["vector"]).to(device)
+                next_world = torch.tensor(next_obs["world"]).to(device)
+                next_done = torch.tensor(next_done_np, dtype=torch.float32).to(device)
+                for episode in episodes:
+                    recent_returns.append(episode["returns"].mean())
+                    writer.add_scalar("charts/episodic_return", episode["returns"].mean(), global_step)
+                    writer.add_scalar("charts/collective_return", episode["collective_return"], global_step)
+                    writer.add_scalar("charts/episodic_length", episode["length"], global_step)
+                    for player, player_return in enumerate(episode["returns"]):
+                        writer.add_scalar(f"players/episodic_return_{player}", player_return, global_step)
+
+            # bootstrap value if not done; the critic learns normalised values (ValueNorm)
+            with torch.no_grad():
+                next_value = value_norm.denormalize(critic.get_value(next_world, next_rgb, next_vector))
+                advantages, returns = compute_gae(rewards, value_norm.denormalize(values), dones,
+                                                  next_value, next_done, args.gamma, args.gae_lambda)
+                value_norm.update(returns)
+
+            # Optimizing the policy and value network, minibatches of whole environments
+            # (all their players, all their steps), so the LSTM sees whole sequences
+            envs_per_minibatch = args.num_envs // args.num_minibatches
+            env_inds = np.arange(args.num_envs)
+            clipfracs, option_stats = [], []
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(env_inds)
+                for start in range(0, args.num_envs, envs_per_minibatch):
+                    mb_envs = env_inds[start : start + envs_per_minibatch]
+                    mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(device)
+                    mb_rgb, mb_vector = obs_rgb[:, mb_rows].flatten(0, 1), obs_vector[:, mb_rows].flatten(0, 1)
+
+                    hidden, _ = actor.get_states(
+                        mb_rgb, mb_vector,
+                        (initial_lstm_state[0][:, mb_rows], initial_lstm_state[1][:, mb_rows]),
+                        dones[:, mb_rows].flatten(),
+                    )
+                    # OPRE: PPO trains the options' mixture under the posterior q, which also sees the world (the
+                    # players acted with the prior p's mixture: PPO's ratio corrects for the difference)
+                    mb_world = obs_world[:, mb_envs].flatten(0, 1)
+                    prior_logits, posterior_logits = actor.policy.prior(hidden), posterior.get_logits(mb_world, hidden)
+                    learner = Categorical(logits=mixture_logp(posterior_logits, actor.policy.option_logp(hidden)))
+                    newlogprob, entropy = learner.log_prob(actions[:, mb_rows].flatten()), learner.entropy()
+                    newvalue = critic.get_value(mb_world, mb_rgb, mb_vector)
+                    loss, stats = ppo_loss(
+                        newlogprob, entropy, newvalue, logprobs[:, mb_rows].flatten(), advantages[:, mb_rows].flatten(),
+                        values[:, mb_rows].flatten(), value_norm.normalize(returns[:, mb_rows].flatten()), args,
+                    )
+                    clipfracs.append(stats["clipfrac"].item())
+                    kl = options_kl(posterior_logits, prior_logits)
+                    options_entropy = Categorical(logits=posterior_logits).entropy().mean()
+                    loss = loss + args.options_kl_coef * kl - args.options_entropy_coef * options_entropy
+                    option_stats.append([kl.item(), options_entropy.item(), usage_entropy(prior_logits).item(),
+                                         usage_entropy(posterior_logits).item()])
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(learned, args.max_grad_norm)
+                    optimizer.step()
+
+                if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
+                    break
+
+            y_pred = values.flatten().cpu().numpy()
+            y_true = value_norm.normalize(returns).flatten().cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", stats["v_loss"].item(), global_step)
+            writer.add_scalar("losses/policy_loss", stats["pg_loss"].item(), global_step)
+            writer.add_scalar("losses/entropy", stats["entropy"].item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", stats["old_approx_kl"].item(), global_step)
+            writer.add_scalar("losses/approx_kl", stats["approx_kl"].item(), global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            kl, options_entropy, prior_usage, posterior_usage = np.mean(option_stats, axis=0)
+            writer.add_scalar("opre/kl_posterior_prior", kl, global_step)
+            writer.add_scalar("opre/posterior_entropy", options_entropy, global_step)
+            writer.add_scalar("opre/prior_usage_entropy", prior_usage, global_step)
+            writer.add_scalar("opre/posterior_usage_entropy", posterior_usage, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if time.time() - last_print > 10 or iteration in (start_iteration, args.num_iterations):
+                last_print = time.time()
+                eta = (args.num_iterations * args.num_envs * args.num_steps - global_step) / max(sps, 1)
+                mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
+                print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
+                      f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} | "
+                      f"KL(q || p) {kl:.3f} | options in use {np.exp(prior_usage):.1f} | entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
+            if args.snapshot_every and iteration % args.snapshot_every == 0:
+                utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
+            if args.checkpoint_every and iteration % args.checkpoint_every == 0:
+                utils.save_checkpoint(checkpoint_path, state(iteration))
+    except KeyboardInterrupt:
+        utils.save_checkpoint(checkpoint_path, completed)
+        raise SystemExit(f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
+                         f"progress is redone); continue with --resume {checkpoint_path}")
+    finally:
+        envs.close()
+        writer.close()
+
+    if args.save_model:
+        utils.save_checkpoint(checkpoint_path, state(args.num_iterations))
+        print(f"checkpoint saved to {checkpoint_path}")

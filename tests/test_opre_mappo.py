@@ -1,0 +1,131 @@
+"""What opre_mappo.py adds to MAPPO (options, their prior and posterior), its functions and a run end to end."""
+import math
+
+import pytest
+import torch
+
+from conftest import run_script, spawned_workers
+from eval_scenarios import CheckpointPolicy
+from opre_mappo import Actor, Args, Posterior, mixture_logp, options_kl, usage_entropy
+from test_algorithm import FakeEnvs
+from test_mappo import error_line, only_run_dir, scalars
+
+
+def test_the_mixture_is_a_distribution_and_matches_a_hand_computation():
+    # w = softmax([0, ln 3]) = [0.25, 0.75]; pi_1 = [0.5, 0.3, 0.2], pi_2 = [0.2, 0.2, 0.6]
+    # mixture = 0.25 pi_1 + 0.75 pi_2 = [0.275, 0.225, 0.5]
+    weights = torch.tensor([0.0, math.log(3.0)])
+    options = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]).log()
+    torch.testing.assert_close(mixture_logp(weights, options).exp(), torch.tensor([0.275, 0.225, 0.5]))
+    # batched, any logits: each row sums to 1
+    torch.manual_seed(0)
+    mixture = mixture_logp(torch.randn(5, 4, 3), (torch.randn(5, 4, 3, 8) * 3).log_softmax(-1)).exp()
+    assert mixture.shape == (5, 4, 8)
+    torch.testing.assert_close(mixture.sum(-1), torch.ones(5, 4))
+
+
+def test_options_kl_and_usage_entropy_against_hand_computations():
+    q, p = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.25, 0.75]])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert options_kl(q.log(), p.log()).item() == pytest.approx(expected, abs=1e-6)
+    assert options_kl(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
+    # the mean over rows
+    assert options_kl(torch.cat([q, p]).log(), torch.cat([p, p]).log()).item() == pytest.approx(expected / 2, abs=1e-6)
+    # two rows each sure of a different option: both options in use, ln 2; the same sure row twice: one, 0
+    apart = torch.tensor([[50.0, -50.0], [-50.0, 50.0]])
+    assert usage_entropy(apart).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert usage_entropy(apart[[0, 0]]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def make_actor():
+    torch.manual_seed(0)
+    return Actor(FakeEnvs, Args(hidden_size=16, num_options=4))
+
+
+def test_acting_uses_the_prior_from_the_players_own_input_only():
+    actor = make_actor()
+    # the acting network has no path from the world or from another row: it takes no world frame, and a
+    # change of one player's observation leaves the other player's policy as it was
+    assert not any("world" in name for name in actor.state_dict())
+    torch.manual_seed(1)
+    rgb, vector = torch.randint(0, 256, (2, 5, 5, 3), dtype=torch.uint8), torch.randn(2, 2)
+    state, done = actor.initial_state(2, "cpu"), torch.zeros(2)
+    logits = actor.get_action(rgb, vector, state, done)[3]
+    changed_rgb, changed_vector = rgb.clone(), vector.clone()
+    changed_rgb[1], changed_vector[1] = 255 - changed_rgb[1], changed_vector[1] + 5.0
+    changed = actor.get_action(changed_rgb, changed_vector, state, done)[3]
+    torch.testing.assert_close(changed[0], logits[0])
+    assert not torch.allclose(changed[1], logits[1])
+    # the acting policy is the prior's mixture of the options
+    hidden, _ = actor.get_states(rgb, vector, state, done)
+    torch.testing.assert_close(logits, mixture_logp(actor.policy.prior(hidden), actor.policy.option_logp(hidden)))
+    # prior and posterior start uniform, so at the start PPO trains the very policy that acted
+    posterior = Posterior(FakeEnvs, Args(hidden_size=16, num_options=4))
+    world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
+    torch.testing.assert_close(actor.policy.prior(hidden), torch.zeros(2, 4))
+    torch.testing.assert_close(posterior.get_logits(world, hidden), torch.zeros(2, 4))
+
+
+def test_the_posterior_sees_the_world_and_learns_which_option_explains_an_advantaged_action():
+    actor = make_actor()
+    posterior = Posterior(FakeEnvs, Args(hidden_size=16, num_options=4))
+    with torch.no_grad():  # option z prefers action 2z: the options differ
+        actor.policy.options.bias.copy_((torch.eye(8)[[0, 2, 4, 6]] * 4.0).flatten())
+    torch.manual_seed(1)
+    rgb, vector = torch.randint(0, 256, (2, 5, 5, 3), dtype=torch.uint8), torch.randn(2, 2)
+    world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
+    hidden, _ = actor.get_states(rgb, vector, actor.initial_state(2, "cpu"), torch.zeros(2))
+    optimizer = torch.optim.SGD(posterior.parameters(), lr=1.0)
+    for _ in range(3):  # PPO's gradient with a positive advantage on action 4 (option 2's)
+        q = posterior.get_logits(world, hidden.detach())
+        loss = -mixture_logp(q, actor.policy.option_logp(hidden.detach()))[:, 4].sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    q = posterior.get_logits(world, hidden).softmax(-1)
+    assert (q.argmax(-1) == 2).all() and (q[:, 2] > 0.3).all()
+    # the posterior depends on the world frame
+    assert not torch.allclose(posterior.get_logits(255 - world, hidden), posterior.get_logits(world, hidden))
+    # and a step on KL(q || p) moves the prior towards it
+    prior_optimizer = torch.optim.SGD(actor.policy.prior.parameters(), lr=1.0)
+    before = options_kl(q.log().detach(), actor.policy.prior(hidden.detach()))
+    prior_optimizer.zero_grad()
+    before.backward()
+    prior_optimizer.step()
+    assert options_kl(q.log().detach(), actor.policy.prior(hidden.detach())) < before
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flags):
+    before = spawned_workers()
+    result = run_script("opre_mappo.py", *tiny_flags, "--total-timesteps", "128", "--num-options", "3", cwd=tmp_path)
+    assert "iter 4/4" in result.stdout and "options in use" in result.stdout
+    run_dir = only_run_dir(tmp_path)
+    logged = scalars(run_dir)
+    for tag in ["opre/kl_posterior_prior", "opre/posterior_entropy", "opre/prior_usage_entropy",
+                "opre/posterior_usage_entropy", "losses/policy_loss"]:
+        assert len(logged[tag]) == 4, tag
+    # 3 options, nearly uniform at the start: usage entropy close to ln 3
+    assert all(abs(v - math.log(3)) < 0.05 for _, v in logged["opre/prior_usage_entropy"])
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert checkpoint["algorithm"] == "opre_mappo" and "posterior" in checkpoint
+    assert checkpoint["actor"]["policy.options.weight"].shape[0] == 3 * 8
+
+    result = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "192", cwd=tmp_path)
+    assert "iter 6/6" in result.stdout and only_run_dir(tmp_path) == run_dir
+    assert spawned_workers() - before == set(), "environment workers outlived the run"
+
+    # evaluation plays the prior's mixture with the actor alone: the posterior is not read
+    policy = CheckpointPolicy(f"{run_dir}/checkpoint.pt")
+    assert isinstance(policy.actor, Actor) and not hasattr(policy, "posterior")
+    assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+                       ["actor"]["policy.prior.weight"])
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--num-options", "0"], "error: --num-options must be at least 1, got 0"),
+    (["--options-kl-coef", "-0.1"], "error: --options-kl-coef must be >= 0, got -0.1"),
+    (["--options-entropy-coef", "-1"], "error: --options-entropy-coef must be >= 0, got -1.0"),
+])
+def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
+    assert error_line(run_script("opre_mappo.py", *flags, cwd=tmp_path, check=False)) == expected
