@@ -30,6 +30,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, train on CUDA when it is available"""
+    torch_threads: Optional[int] = None
+    """torch's CPU threads in this process (default: the cores the environment workers leave, at least 1)"""
     track: bool = False
     """if toggled, sync the TensorBoard logs to Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "bidist-meltingpot"
@@ -128,7 +130,7 @@ def check_args(args):
     if args.total_timesteps < args.num_envs * args.num_steps:
         raise SystemExit(f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
                          f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})")
-    for name in ["num_workers", "max_episode_steps"]:
+    for name in ["num_workers", "max_episode_steps", "torch_threads"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ["checkpoint_every", "snapshot_every"]:
@@ -409,6 +411,7 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads or utils.default_torch_threads(args.num_envs, args.num_workers))
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup: a resumed run reseeds its workers, so it does not replay the episodes it saw

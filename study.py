@@ -136,6 +136,8 @@ def train_command(run, args, status, workers):
     flag_names = {f.split("=")[0] for f in shlex.split(args.train_flags) + list(run.method.flags)}
     if "--num-workers" not in flag_names:
         command += ["--num-workers", str(workers)]
+    if "--torch-threads" not in flag_names:
+        command += ["--torch-threads", str(workers)]
     if "--snapshot-every" not in flag_names:
         command += ["--snapshot-every", str(args.snapshot_every)]
     command += shlex.split(args.train_flags) + list(run.method.flags)

@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -74,6 +75,7 @@ def run_main_in_process(script, flags, cwd, observe):
     imported = sys.modules.get(script)
     sys.modules[script] = module
     old_argv, old_cwd, old_hook, old_sigint = sys.argv, os.getcwd(), sys.excepthook, signal.getsignal(signal.SIGINT)
+    old_threads = torch.get_num_threads()  # the script sets its own
     try:
         exec(compile(ast.Module(tree.body[:-1], type_ignores=[]), path, "exec"), module.__dict__)
         observe(module.__dict__)
@@ -84,6 +86,7 @@ def run_main_in_process(script, flags, cwd, observe):
     finally:
         sys.argv, sys.excepthook = old_argv, old_hook
         signal.signal(signal.SIGINT, old_sigint)
+        torch.set_num_threads(old_threads)
         os.chdir(old_cwd)
         if imported is None:
             del sys.modules[script]

@@ -318,3 +318,12 @@ def test_ppo_ignores_the_slots_theta_does_not_play(mixed_script):
     # ...while the same change on a trained slot does change it (the test can fail)
     changed_rewards[:, 0] += 10.0
     assert loss_and_grad(changed_rewards, actions)[0] != pytest.approx(loss, abs=1e-6)
+
+
+def test_default_torch_threads_leave_the_environment_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert utils.num_env_workers(16) == 8 and utils.num_env_workers(4) == 4 and utils.num_env_workers(16, 3) == 3
+    assert utils.default_torch_threads(16) == 1  # every core runs a worker: torch still gets one thread
+    assert utils.default_torch_threads(4) == 4 and utils.default_torch_threads(16, 3) == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert utils.default_torch_threads(8) == 1

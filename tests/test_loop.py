@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import utils
 from conftest import ALGORITHM_SCRIPTS, TINY, run_main_in_process, run_script
 from test_mappo import error_line
 
@@ -33,6 +34,7 @@ def test_the_update_recomputes_what_the_rollout_recorded(tmp_path, script):
             bound = signature.bind(*args, **kwargs).arguments
             calls.append({name: bound[name].detach().clone()
                           for name in ("newlogprob", "logprob", "newvalue", "value", "trained") if name in bound})
+            calls[-1]["threads"] = torch.get_num_threads()
             return loss(*args, **kwargs)
 
         namespace["ppo_loss"] = recording_loss
@@ -42,6 +44,8 @@ def test_the_update_recomputes_what_the_rollout_recorded(tmp_path, script):
     run_main_in_process(script, flags, tmp_path, observe)
 
     assert len(calls) == ITERATIONS * 2 * 2  # iterations x --update-epochs x --num-minibatches
+    # torch's threads: the cores the 2 environment workers leave, at least 1
+    assert {call.pop("threads") for call in calls} == {utils.default_torch_threads(2, 2)}
     for call in calls:
         rows = call.get("trained", torch.ones_like(call["logprob"], dtype=torch.bool))
         assert rows.any()

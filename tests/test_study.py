@@ -49,6 +49,7 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
     command = train_command(run, args, "new", 1)
     assert command[1].endswith("mappo.py") and "--resume" not in command
     assert command[command.index("--seed") + 1] == "2" and command[command.index("--num-workers") + 1] == "1"
+    assert command[command.index("--torch-threads") + 1] == "1"
     assert command.index("--num-steps") < command.index("--num-envs"), "the method's flags come last"
 
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=7, num_envs=4)
