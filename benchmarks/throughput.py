@@ -7,7 +7,8 @@
 2. every *mappo.py (or --scripts) at its defaults plus SCRIPT_FLAGS: short training runs in subprocesses
    with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
    run in turn --repeats times; the median of each is reported, because the speed of a shared
-   machine drifts between runs by more than the difference being measured.
+   machine drifts between runs by more than the difference being measured. mappo.py runs twice per
+   round: at its default --torch-threads and with a thread per core (torch's own default).
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
 the raw environment and to mappo.py (a method's overhead), the peak memory (sum of PSS over the
 process and its workers) and the method's own state at the end of the run: the bytes of what its
@@ -128,14 +129,14 @@ def tensor_bytes(value):
     return 0
 
 
-def training_throughput(script, args):
-    """One training run of `script`: its env steps/s, peak memory and final checkpoint."""
+def training_throughput(script, flags, args):
+    """One training run of `script` with `flags`: its env steps/s, peak memory and final checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", args.substrate,
              "--num-envs", str(args.num_envs), "--seed", str(args.seed),
              "--total-timesteps", str(args.train_iterations * args.num_envs * 128), "--num-steps", "128",
-             "--checkpoint-every", "0", "--exp-name", "benchmark", *SCRIPT_FLAGS.get(script, [])],
+             "--checkpoint-every", "0", "--exp-name", "benchmark", *flags],
             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         memory = PeakMemory(process.pid)
@@ -156,23 +157,25 @@ if __name__ == "__main__":
     for script in args.scripts:
         if script not in valid:
             raise SystemExit(f"error: --scripts {script}: no {script}.py; valid: {', '.join(valid)}")
-    scripts = ["mappo"] + [s for s in dict.fromkeys(args.scripts) if s != "mappo"]
+    # (script, flags) of every training row: mappo.py first (the reference), then mappo.py with torch's own
+    # thread default (a thread per core) against the scripts' default (the cores the env workers leave)
+    measured = [("mappo", []), ("mappo", ["--torch-threads", str(os.cpu_count() or 1)])] + [
+        (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"]
     raw_sps, players, raw_memory = raw_throughput(args)
-    runs = {script: [] for script in scripts}
+    runs = {i: [] for i in range(len(measured))}
     checkpoints = {}
     for _ in range(args.repeats):
-        for script in scripts:
-            sps, peak, checkpoints[script] = training_throughput(script, args)
-            runs[script].append((sps, peak))
-    for script, r in runs.items():
-        print(f"{script}.py runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
-    mappo_keys = set(checkpoints["mappo"])  # what MAPPO's checkpoint holds; the rest is the method's own state
+        for i, (script, flags) in enumerate(measured):
+            sps, peak, checkpoints[i] = training_throughput(script, flags, args)
+            runs[i].append((sps, peak))
+    mappo_keys = set(checkpoints[0])  # what MAPPO's checkpoint holds; the rest is the method's own state
     rows = [("raw env, random actions", raw_sps, raw_memory, None)]
-    for script, r in runs.items():
-        method_state = {key: tensor_bytes(v) for key, v in checkpoints[script].items() if key not in mappo_keys}
-        flags = " ".join(SCRIPT_FLAGS.get(script, []))
-        rows.append((f"{script}.py training" + (f" ({flags})" if flags else ""), float(np.median([sps for sps, _ in r])),
-                     max(peak for _, peak in r), method_state))
+    for i, r in runs.items():
+        script, flags = measured[i]
+        name = f"{script}.py training" + (f" ({' '.join(flags)})" if flags else "")
+        print(f"{name} runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
+        method_state = {key: tensor_bytes(v) for key, v in checkpoints[i].items() if key not in mappo_keys}
+        rows.append((name, float(np.median([sps for sps, _ in r])), max(peak for _, peak in r), method_state))
     mappo_sps = rows[1][1]
     print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
           f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n")
