@@ -362,12 +362,12 @@ def snapshot_of(actor):
 
 def pool_action(actor, pool, owner, rgb, vector, theta_state, pool_state, done):
     """One step of mixed play. theta acts on every row (its log-probs are recorded for PPO); on the
-    rows whose `owner` is a pool index (-1: theta), that snapshot's actions replace theta's. Each
+    rows whose `owner` (a numpy array) is a pool index (-1: theta), that snapshot's actions replace theta's. Each
     snapshot in use runs once, on its own rows, with their recurrent states."""
     action, logprob, _, _, theta_state = actor.get_action(rgb, vector, theta_state, done)
     pool_h, pool_c = pool_state[0].clone(), pool_state[1].clone()
-    for k in owner[owner >= 0].unique().tolist():
-        rows = owner == k
+    for k in np.unique(owner[owner >= 0]):  # owner is a numpy array: no device-to-host copy per step
+        rows = torch.from_numpy(owner == k)
         snapshot_action, _, _, _, (h, c) = pool[k].get_action(rgb[rows], vector[rows],
                                                               (pool_h[:, rows], pool_c[:, rows]), done[rows])
         action[rows], pool_h[:, rows], pool_c[:, rows] = snapshot_action, h, c
@@ -515,7 +515,7 @@ if __name__ == "__main__":
                 # ALGO LOGIC: action logic
                 with torch.no_grad():
                     action, logprob, next_lstm_state, pool_lstm_state = pool_action(
-                        actor, pool_actors, owner, next_rgb, next_vector, next_lstm_state, pool_lstm_state, next_done)
+                        actor, pool_actors, owner_np, next_rgb, next_vector, next_lstm_state, pool_lstm_state, next_done)
                     values[step] = critic.get_value(next_world, next_rgb, next_vector)
                 actions[step] = action
                 logprobs[step] = logprob

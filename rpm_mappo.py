@@ -374,12 +374,12 @@ def snapshot_of(actor):
 
 def memory_action(actor, snapshots, owner, rgb, vector, theta_state, memory_state, done):
     """One step of mixed play. theta acts on every row (its log-probs are recorded for PPO); on the
-    rows whose `owner` is a memory index (-1: theta), that snapshot's actions replace theta's. Each
+    rows whose `owner` (a numpy array) is a memory index (-1: theta), that snapshot's actions replace theta's. Each
     snapshot in use runs once, on its own rows, with their recurrent states."""
     action, logprob, _, _, theta_state = actor.get_action(rgb, vector, theta_state, done)
     memory_h, memory_c = memory_state[0].clone(), memory_state[1].clone()
-    for k in owner[owner >= 0].unique().tolist():
-        rows = owner == k
+    for k in np.unique(owner[owner >= 0]):  # owner is a numpy array: no device-to-host copy per step
+        rows = torch.from_numpy(owner == k)
         snapshot_action, _, _, _, (h, c) = snapshots[k].get_action(rgb[rows], vector[rows],
                                                                    (memory_h[:, rows], memory_c[:, rows]), done[rows])
         action[rows], memory_h[:, rows], memory_c[:, rows] = snapshot_action, h, c
@@ -539,7 +539,7 @@ if __name__ == "__main__":
                 # ALGO LOGIC: action logic
                 with torch.no_grad():
                     action, logprob, next_lstm_state, memory_lstm_state = memory_action(
-                        actor, snapshot_actors, owner, next_rgb, next_vector, next_lstm_state, memory_lstm_state,
+                        actor, snapshot_actors, owner_np, next_rgb, next_vector, next_lstm_state, memory_lstm_state,
                         next_done)
                     values[step] = critic.get_value(next_world, next_rgb, next_vector)
                 actions[step] = action

@@ -36,7 +36,7 @@ def sharp_actor(seed, action):
 
 def test_each_pool_row_plays_its_own_snapshot_and_theta_keeps_its_log_probs():
     theta, pool = sharp_actor(0, 1), [sharp_actor(1, 3), sharp_actor(2, 5)]
-    owner = torch.tensor([-1, 0, 1, 0, -1])
+    owner = np.array([-1, 0, 1, 0, -1])
     rows = len(owner)
     rgb, vector, done = torch.randint(0, 256, (rows, 5, 5, 3), dtype=torch.uint8), torch.randn(rows, 2), torch.zeros(rows)
     state = theta.initial_state(rows, "cpu")

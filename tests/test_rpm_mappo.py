@@ -60,7 +60,7 @@ def test_sampling_is_uniform_over_keys_then_within_the_key():
 
 def test_each_memory_row_plays_its_own_snapshot():
     theta, snapshots = sharp_actor(0, 1), [sharp_actor(1, 3), sharp_actor(2, 5)]
-    owner = torch.tensor([-1, 1, 0, -1])
+    owner = np.array([-1, 1, 0, -1])
     rows = len(owner)
     rgb, vector, done = torch.randint(0, 256, (rows, 5, 5, 3), dtype=torch.uint8), torch.randn(rows, 2), torch.zeros(rows)
     state = theta.initial_state(rows, "cpu")
