@@ -650,6 +650,7 @@ if __name__ == "__main__":
     next_lstm_state = actor.initial_state(num_rows, device)
     phi_lstm_state = phi.initial_state(num_rows, device)
     fictitious = torch.zeros(num_rows, dtype=torch.bool).to(device)
+    timer = utils.TimeShares(device)  # the shares of wall time in acting, env stepping, the update, ...
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
@@ -670,6 +671,7 @@ if __name__ == "__main__":
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
             for step in range(0, args.num_steps):
+                timer.mark("other")
                 global_step += args.num_envs
                 obs_rgb[step], obs_vector[step], obs_world[step] = next_rgb, next_vector, next_world
                 dones[step] = next_done
@@ -682,9 +684,11 @@ if __name__ == "__main__":
                 actions[step] = action
                 logprobs[step] = logprob
                 theta_logits[step] = logits
+                timer.mark("act")
 
                 # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, next_done_np, episodes = envs.step(action.cpu().numpy())
+                timer.mark("env")
                 rewards[step] = torch.tensor(reward).to(device)
                 next_rgb = torch.tensor(next_obs["rgb"]).to(device)
                 next_vector = torch.tensor(next_obs["vector"]).to(device)
@@ -718,6 +722,7 @@ if __name__ == "__main__":
                                                   next_value, next_done, args.gamma, args.gae_lambda)
                 value_norm.update(returns[:, trained])
 
+            timer.mark("other")
             # Optimizing the policy and value network, minibatches of whole environments
             # (all their players, all their steps), so the LSTM sees whole sequences
             envs_per_minibatch = args.num_envs // args.num_minibatches
@@ -751,6 +756,7 @@ if __name__ == "__main__":
 
                 if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                     break
+            timer.mark("update")
 
             # ALGO LOGIC: the window keeps the trained slots' sequences of the last kd rollouts with the
             # action distributions theta had when it acted; every kd iterations phi distils over it
@@ -773,6 +779,7 @@ if __name__ == "__main__":
                 print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
                       f"{describe_phase(phase)}", flush=True)
 
+            timer.mark("distill")
             y_pred = values[:, trained].flatten().cpu().numpy()
             y_true = value_norm.normalize(returns[:, trained]).flatten().cpu().numpy()
             var_y = np.var(y_true)
@@ -789,6 +796,9 @@ if __name__ == "__main__":
             writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            timer.mark("other")
+            for part, share in timer.shares().items():  # where the iteration's wall time went
+                writer.add_scalar(f"charts/time_{part}", share, global_step)
             writer.add_scalar("mixed/fictitious_fraction", fictitious.float().mean().item(), global_step)
             if time.time() - last_print > 10 or iteration in (start_iteration, args.num_iterations):
                 last_print = time.time()

@@ -481,6 +481,7 @@ if __name__ == "__main__":
     next_lstm_state = actor.initial_state(num_rows, device)
     pool_lstm_state = actor.initial_state(num_rows, device)
     controller = np.full(num_rows, -1)  # who plays each row: -1 theta, else the iteration of its pool snapshot
+    timer = utils.TimeShares(device)  # the shares of wall time in acting, env stepping, the update, ...
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
@@ -508,6 +509,7 @@ if __name__ == "__main__":
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
             for step in range(0, args.num_steps):
+                timer.mark("other")
                 global_step += args.num_envs
                 obs_rgb[step], obs_vector[step], obs_world[step] = next_rgb, next_vector, next_world
                 dones[step] = next_done
@@ -519,9 +521,11 @@ if __name__ == "__main__":
                     values[step] = critic.get_value(next_world, next_rgb, next_vector)
                 actions[step] = action
                 logprobs[step] = logprob
+                timer.mark("act")
 
                 # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, next_done_np, episodes = envs.step(action.cpu().numpy())
+                timer.mark("env")
                 rewards[step] = torch.tensor(reward).to(device)
                 next_rgb = torch.tensor(next_obs["rgb"]).to(device)
                 next_vector = torch.tensor(next_obs["vector"]).to(device)
@@ -554,6 +558,7 @@ if __name__ == "__main__":
                                                   next_value, next_done, args.gamma, args.gae_lambda)
                 value_norm.update(returns[:, trained])
 
+            timer.mark("other")
             # Optimizing the policy and value network, minibatches of whole environments
             # (all their players, all their steps), so the LSTM sees whole sequences
             envs_per_minibatch = args.num_envs // args.num_minibatches
@@ -587,6 +592,7 @@ if __name__ == "__main__":
 
                 if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                     break
+            timer.mark("update")
 
             # prioritised sampling's statistic: a snapshot's score follows (moving average, weight 0.1) the
             # trained slots' mean reward per step in the environments where it played this rollout
@@ -613,6 +619,9 @@ if __name__ == "__main__":
             writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            timer.mark("other")
+            for part, share in timer.shares().items():  # where the iteration's wall time went
+                writer.add_scalar(f"charts/time_{part}", share, global_step)
             writer.add_scalar("mixed/pool_fraction", fictitious_np.mean(), global_step)
             writer.add_scalar("pool/size", len(pool), global_step)
             if (owner_np >= 0).any():

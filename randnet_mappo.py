@@ -459,6 +459,7 @@ if __name__ == "__main__":
     next_world = torch.tensor(next_obs["world"]).to(device)
     next_done = torch.zeros(num_rows).to(device)
     next_lstm_state = actor.initial_state(num_rows, device)
+    timer = utils.TimeShares(device)  # the shares of wall time in acting, env stepping, the update, ...
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # what a Ctrl-C during this iteration saves: the state before it, never a half-done update
@@ -474,6 +475,7 @@ if __name__ == "__main__":
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
             for step in range(0, args.num_steps):
+                timer.mark("other")
                 global_step += args.num_envs
                 obs_rgb[step], obs_vector[step], obs_world[step] = next_rgb, next_vector, next_world
                 dones[step] = next_done
@@ -485,9 +487,11 @@ if __name__ == "__main__":
                     values[step] = critic.get_value(next_world, next_rgb, next_vector)
                 actions[step] = action
                 logprobs[step] = logprob
+                timer.mark("act")
 
                 # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, next_done_np, episodes = envs.step(action.cpu().numpy())
+                timer.mark("env")
                 rewards[step] = torch.tensor(reward).to(device)
                 next_rgb = torch.tensor(next_obs["rgb"]).to(device)
                 next_vector = torch.tensor(next_obs["vector"]).to(device)
@@ -508,6 +512,7 @@ if __name__ == "__main__":
                                                   next_value, next_done, args.gamma, args.gae_lambda)
                 value_norm.update(returns)
 
+            timer.mark("other")
             # Optimizing the policy and value network, minibatches of whole environments
             # (all their players, all their steps), so the LSTM sees whole sequences
             envs_per_minibatch = args.num_envs // args.num_minibatches
@@ -545,6 +550,7 @@ if __name__ == "__main__":
 
                 if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                     break
+            timer.mark("update")
 
             y_pred = values.flatten().cpu().numpy()
             y_true = value_norm.normalize(returns).flatten().cpu().numpy()
@@ -564,6 +570,9 @@ if __name__ == "__main__":
             writer.add_scalar("randnet/fm_loss", np.mean(fm_losses), global_step)
             writer.add_scalar("randnet/perturbed_fraction", perturbed.float().mean().item(), global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            timer.mark("other")
+            for part, share in timer.shares().items():  # where the iteration's wall time went
+                writer.add_scalar(f"charts/time_{part}", share, global_step)
             if time.time() - last_print > 10 or iteration in (start_iteration, args.num_iterations):
                 last_print = time.time()
                 eta = (args.num_iterations * args.num_envs * args.num_steps - global_step) / max(sps, 1)

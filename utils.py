@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import sys
+import time
 import types
 from dataclasses import fields
 from typing import Optional
@@ -440,6 +441,33 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TimeShares:
+    """Where a training iteration's wall time goes. `mark(part)` books the time since the previous mark
+    (or period start) to `part`; `shares()` returns each part's share of the period and starts a new one.
+    On CUDA a mark first waits for the GPU, so queued work is booked to the part that launched it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict = {}
+        self.start = self.last = time.perf_counter()
+
+    def mark(self, part: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - self.last
+        self.last = now
+
+    def shares(self) -> dict:
+        """Each part's share of the time since the previous call (the time since the last mark is booked
+        to no part), and a new period."""
+        now = time.perf_counter()
+        total = max(now - self.start, 1e-9)
+        shares = {part: seconds / total for part, seconds in self.seconds.items()}
+        self.seconds, self.start, self.last = {}, now, now
+        return shares
 
 
 def quiet_interrupt(message: str = "interrupted before training started: nothing saved") -> None:

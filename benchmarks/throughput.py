@@ -37,6 +37,9 @@ import utils  # noqa: E402
 # flags for the training rows besides the script's defaults: the policy pools fill within the measured
 # iterations (FSP's reaches its default cap of 20; RPM's memory takes a snapshot every iteration), so the rows
 # measure acting beside a full pool, as late in a real run, rather than beside the few snapshots of its start
+# the parts of an iteration the scripts time (charts/time_*): acting, env stepping, the PPO update, BiDist's
+# distillation phases, and the rest (storage, GAE, logging)
+TIME_PARTS = ["act", "env", "update", "distill", "other"]
 SCRIPT_FLAGS = {"fsp_mappo": ["--pool-every", "1"], "rpm_mappo": ["--rpm-save-every", "1"]}
 
 
@@ -129,8 +132,19 @@ def tensor_bytes(value):
     return 0
 
 
+def time_shares(run_dir):
+    """The mean over a run's iterations, the first (start-up) excluded, of its charts/time_* shares."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag.split("time_")[1]: float(np.mean([e.value for e in events.Scalars(tag)][1:]))
+            for tag in events.Tags()["scalars"] if tag.startswith("charts/time_")}
+
+
 def training_throughput(script, flags, args):
-    """One training run of `script` with `flags`: its env steps/s, peak memory and final checkpoint."""
+    """One training run of `script` with `flags`: its env steps/s, peak memory, time shares and final
+    checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", args.substrate,
@@ -146,8 +160,9 @@ def training_throughput(script, flags, args):
             raise SystemExit(f"error: {script}.py failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
         (run,) = os.listdir(f"{tmp}/runs")
         checkpoint = torch.load(f"{tmp}/runs/{run}/checkpoint.pt", weights_only=False, map_location="cpu")
+        shares = time_shares(f"{tmp}/runs/{run}")
     sps = int(re.findall(r"SPS ([\d,]+)", output)[-1].replace(",", ""))
-    return sps, peak, checkpoint
+    return sps, peak, shares, checkpoint
 
 
 if __name__ == "__main__":
@@ -166,24 +181,27 @@ if __name__ == "__main__":
     checkpoints = {}
     for _ in range(args.repeats):
         for i, (script, flags) in enumerate(measured):
-            sps, peak, checkpoints[i] = training_throughput(script, flags, args)
-            runs[i].append((sps, peak))
+            sps, peak, shares, checkpoints[i] = training_throughput(script, flags, args)
+            runs[i].append((sps, peak, shares))
     mappo_keys = set(checkpoints[0])  # what MAPPO's checkpoint holds; the rest is the method's own state
-    rows = [("raw env, random actions", raw_sps, raw_memory, None)]
+    rows = [("raw env, random actions", raw_sps, raw_memory, None, None)]
     for i, r in runs.items():
         script, flags = measured[i]
         name = f"{script}.py training" + (f" ({' '.join(flags)})" if flags else "")
-        print(f"{name} runs: {', '.join(f'{sps:,}' for sps, _ in r)} env steps/s")
+        print(f"{name} runs: {', '.join(f'{sps:,}' for sps, _, _ in r)} env steps/s")
         method_state = {key: tensor_bytes(v) for key, v in checkpoints[i].items() if key not in mappo_keys}
-        rows.append((name, float(np.median([sps for sps, _ in r])), max(peak for _, peak in r), method_state))
+        shares = {part: float(np.mean([s.get(part, 0.0) for _, _, s in r])) for part in TIME_PARTS}
+        rows.append((name, float(np.median([sps for sps, _, _ in r])), max(peak for _, peak, _ in r), method_state,
+                     shares))
     mappo_sps = rows[1][1]
     print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
           f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n")
-    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | peak memory "
-          "| method's own state at the end |")
-    print("|---|---|---|---|---|---|---|")
-    for name, sps, memory, state in rows:
+    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | time: "
+          f"{' / '.join(TIME_PARTS)} | peak memory | method's own state at the end |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, sps, memory, state, shares in rows:
         held = "-" if state is None else (", ".join(f"{key} {size / 2**20:,.1f} MiB" for key, size in state.items()
                                                    if size) or "none")
+        split = "-" if shares is None else " / ".join(f"{shares[part]:.0%}" for part in TIME_PARTS)
         print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
-              f"| {memory / 2**20:,.0f} MiB | {held} |")
+              f"| {split} | {memory / 2**20:,.0f} MiB | {held} |")

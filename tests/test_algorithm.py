@@ -327,3 +327,15 @@ def test_default_torch_threads_leave_the_environment_workers_their_cores(monkeyp
     assert utils.default_torch_threads(4) == 4 and utils.default_torch_threads(16, 3) == 5
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert utils.default_torch_threads(8) == 1
+
+
+def test_time_shares_book_the_time_since_the_previous_mark(monkeypatch):
+    clock = iter([10.0, 11.0, 14.0, 15.0, 20.0, 26.0, 27.0])
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(clock))
+    timer = utils.TimeShares(torch.device("cpu"))  # the period starts at 10
+    timer.mark("act")  # 11: 1 s of act
+    timer.mark("env")  # 14: 3 s of env
+    timer.mark("act")  # 15: 1 more s of act
+    assert timer.shares() == {"act": 2 / 10, "env": 3 / 10}  # at 20: a period of 10 s, the last 5 booked to none
+    timer.mark("update")  # 26: the 6 s since the new period started
+    assert timer.shares() == {"update": 6 / 7}  # at 27

@@ -21,9 +21,10 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     for tag in ["distill/direction", "distill/kl_before", "distill/kl_after", "distill/phi_entropy",
                 "distill/theta_entropy", "distill/phi_logp_ratio", "distill/kl_after_forward",
                 "distill/kl_after_reverse", "distill/phi_input_dependence", "mixed/fictitious_fraction", "mixed/episodic_return_all",
-                "charts/episodic_return", "losses/policy_loss"]:
+                "charts/episodic_return", "losses/policy_loss", "charts/time_distill"]:
         assert tag in logged, tag
     assert [value for _, value in logged["distill/direction"]] == [1, -1, 1]
+    assert all(0 < share < 1 for _, share in logged["charts/time_distill"]), "a phase every iteration here"
     fractions = [value for _, value in logged["mixed/fictitious_fraction"]]
     assert all(f in (0.0, 0.25, 0.5) for f in fractions), "2 envs x 2 players, at least one trained slot each"
     checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)

@@ -35,6 +35,11 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
                 "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "charts/SPS"]:
         assert tag in logged, tag
     assert logged["losses/value_loss"][-1][0] == 96
+    # where each iteration's wall time went: shares of it, summing to 1
+    parts = ["act", "env", "update", "other"]
+    for step in (32, 64, 96):
+        shares = {part: dict(logged[f"charts/time_{part}"])[step] for part in parts}
+        assert all(0 < share < 1 for share in shares.values()) and sum(shares.values()) == pytest.approx(1, abs=0.01)
     checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
     assert checkpoint["algorithm"] == "mappo" and checkpoint["iteration"] == 3 and checkpoint["global_step"] == 96
     assert checkpoint["substrate"] == "pure_coordination_in_the_matrix__repeated"  # the default
