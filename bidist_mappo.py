@@ -117,13 +117,16 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
+    reverse_objective: Literal["capped-kl", "trust-region", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
     """the reverse phase's loss: trust-region (the capped push held near phi's start: keeps phi live best, README),
-    capped-kl (the literal reading), anti-target, mirror, shift or jsd"""
+    capped-kl (the literal reading), mi-floor, anti-target, mirror, shift or jsd"""
     reverse_trust: float = 1.0
     """trust-region: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
     reverse_temperature: float = 2.0
     """shift: tau of the target q = softmax(tau * roll(log pi_hist)); anti-target: of q = softmax(-tau * log pi_hist)"""
+    reverse_floor: float = 2.0
+    """mi-floor: lambda, the weight of phi's input dependence as a share of the window's (up to 1) beside the
+    capped push"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -161,7 +164,7 @@ def check_args(args):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.reverse_trust < 0:
         raise SystemExit(f"error: --reverse-trust must be >= 0, got {args.reverse_trust}")
-    for name in ["kl_cap", "distill_lr", "reverse_temperature"]:
+    for name in ["kl_cap", "distill_lr", "reverse_temperature", "reverse_floor"]:
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     utils.check_substrate(args.substrate)
@@ -404,6 +407,25 @@ def trust_region_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_c
             + beta * kl_divergence(start_logits, phi_logits).mean())
 
 
+def mutual_information(logits):
+    """How much a policy's action depends on its observation, in nats, over the rows of `logits` (one row per
+    observation): I(O; A) = mean_o KL(pi(.|o) || mean_o pi(.|o)). 0 for an input-independent policy; unlike
+    the spread of log-probabilities, probable actions weigh more than improbable ones."""
+    logp = logits.log_softmax(-1)
+    marginal = torch.logsumexp(logp, dim=0, keepdim=True) - math.log(len(logp))
+    return (logp.exp() * (logp - marginal)).sum(-1).mean()
+
+
+def mi_floor_reverse_loss(hist_logits, phi_logits, eta_r, kl_cap, floor):
+    """The capped push of reverse_distillation_loss minus floor * min(I_phi / I_hist, 1): phi is paid for
+    depending on its observation (the mutual information between observation and action over the minibatch)
+    as a share of how much the historical policies do, up to all of it; nothing beyond. The push alone drives
+    phi to an input-independent policy; with the floor, leaving the window that way forfeits `floor`, so phi
+    leaves it as a policy. A window depending on its input by less than 0.01 nats counts as 0.01."""
+    share = mutual_information(phi_logits.flatten(0, -2)) / mutual_information(hist_logits.flatten(0, -2)).detach().clamp(min=0.01)
+    return reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap) - floor * torch.clamp(share, max=1.0)
+
+
 def anti_target_reverse_loss(hist_logits, phi_logits, eta_r, tau):
     """Minimise eta_r * mean KL(q || pi_phi) towards q(a|o) = softmax(-tau * log pi_hist(a|o)), a
     target that prefers, in each observation, what the historical policy avoids there: phi can fit
@@ -447,6 +469,8 @@ def reverse_loss(hist_logits, phi_logits, start_logits, args):
         return reverse_distillation_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap)
     if args.reverse_objective == "trust-region":
         return trust_region_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust)
+    if args.reverse_objective == "mi-floor":
+        return mi_floor_reverse_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap, args.reverse_floor)
     if args.reverse_objective == "anti-target":
         return anti_target_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
     if args.reverse_objective == "mirror":
@@ -501,15 +525,6 @@ def restart_from(phi, phi_optimizer, actor):
     phi_optimizer.state.clear()
 
 
-def input_dependence(logp):
-    """How much a policy's action depends on its observation, in nats: the mutual information between
-    observation and action over the rows of `logp` (log-probabilities, one row per observation),
-    mean_o KL(pi(.|o) || mean_o pi(.|o)). 0 for an input-independent policy; unlike the log-prob std,
-    probable actions weigh more than improbable ones."""
-    marginal = logp.exp().mean(0, keepdim=True).log()
-    return kl_divergence(logp, marginal.expand_as(logp)).mean().item()
-
-
 @torch.no_grad()
 def distill_diagnostics(phi, window, sequences_per_minibatch):
     """How phi stands against the window: mean KL(pi_hist || pi_phi), the entropies of phi and of the
@@ -522,7 +537,8 @@ def distill_diagnostics(phi, window, sequences_per_minibatch):
     theta_logp = torch.cat([hist_logits[:, s].flatten(0, 1).log_softmax(-1) for s in seqs])
     phi_std, theta_std = phi_logp.std(dim=0).mean().item(), theta_logp.std(dim=0).mean().item()
     return {"kl": kl_divergence(theta_logp, phi_logp).mean().item(),
-            "phi_input_dependence": input_dependence(phi_logp), "theta_input_dependence": input_dependence(theta_logp),
+            "phi_input_dependence": mutual_information(phi_logp).item(),
+            "theta_input_dependence": mutual_information(theta_logp).item(),
             "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
             "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
             "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8)}

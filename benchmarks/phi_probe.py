@@ -23,7 +23,7 @@ import tyro
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import utils  # noqa: E402
-from bidist_mappo import Actor, input_dependence, to_image  # noqa: E402
+from bidist_mappo import Actor, mutual_information, to_image  # noqa: E402
 
 
 @dataclass
@@ -74,4 +74,4 @@ if __name__ == "__main__":
         logp_std = logp.std(0).mean().item()
         theta_std = theta_std or logp_std
         print(f"| {name} | {probs} | {entropy:.2f} | {logp_std:.3f} | {logp_std / theta_std:.2f} "
-              f"| {input_dependence(logp):.3f} | {(torso.max(0).values == 0).float().mean():.0%} |")
+              f"| {mutual_information(logp).item():.3f} | {(torso.max(0).values == 0).float().mean():.0%} |")

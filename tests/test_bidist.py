@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bidist_mappo import (Actor, Args, anti_target_reverse_loss, distill, distill_diagnostics,
-                          forward_distillation_loss, input_dependence, jsd_reverse_loss, kl_divergence,
-                          mirror_reverse_loss, mixed_action, restart_from, reverse_distillation_loss, reverse_loss,
+                          forward_distillation_loss, mutual_information, jsd_reverse_loss, kl_divergence,
+                          mi_floor_reverse_loss, mirror_reverse_loss, mixed_action, restart_from, reverse_distillation_loss, reverse_loss,
                           sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss, unroll_phi)
 from test_algorithm import FakeEnvs
 
@@ -104,7 +104,7 @@ def test_shift_moves_each_observations_probabilities_one_action_over():
     # at tau = 1 the target depends on the observation exactly as much as pi_hist does
     logits = torch.randn(64, 5) * 2
     shifted = logits.log_softmax(-1).roll(1, dims=-1)
-    assert input_dependence(shifted) == pytest.approx(input_dependence(logits.log_softmax(-1)), rel=1e-5)
+    assert mutual_information(shifted).item() == pytest.approx(mutual_information(logits).item(), rel=1e-5)
 
 
 def test_mirror_reflects_the_historical_policy_through_the_uniform_policy():
@@ -133,19 +133,20 @@ def test_jsd_against_a_hand_computation_and_bounded_by_ln2():
 
 def test_input_dependence_is_the_mutual_information_between_observation_and_action():
     # two equally likely observations with opposite deterministic choices: I(o; a) = ln 2
-    assert input_dependence(torch.log(torch.tensor([[1.0, 1e-12], [1e-12, 1.0]]))) == pytest.approx(math.log(2), rel=1e-6)
+    assert mutual_information(torch.log(torch.tensor([[1.0, 1e-12], [1e-12, 1.0]]))).item() == pytest.approx(math.log(2), rel=1e-6)
     # the same distribution everywhere: 0, however peaked
-    assert input_dependence(torch.log(torch.tensor([[0.9, 0.1]] * 4))) == pytest.approx(0.0, abs=1e-7)
+    assert mutual_information(torch.log(torch.tensor([[0.9, 0.1]] * 4))).item() == pytest.approx(0.0, abs=1e-7)
     # [0.5, 0.5] and [0.9, 0.1]: marginal [0.7, 0.3], mean of the two KLs to it
     expected = (hand_kl([0.5, 0.5], [0.7, 0.3]) + hand_kl([0.9, 0.1], [0.7, 0.3])) / 2
-    assert input_dependence(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))) == pytest.approx(expected, rel=1e-6)
+    assert mutual_information(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_reverse_loss_dispatches_on_the_objective_flag():
     hist, phi, start = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
-    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0)
+    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0, reverse_floor=0.8)
     expected = {"capped-kl": reverse_distillation_loss(hist, phi, 1.5, 0.7),
                 "trust-region": trust_region_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3),
+                "mi-floor": mi_floor_reverse_loss(hist, phi, 1.5, 0.7, 0.8),
                 "anti-target": anti_target_reverse_loss(hist, phi, 1.5, 2.0),
                 "mirror": mirror_reverse_loss(hist, phi, 1.5), "shift": shift_reverse_loss(hist, phi, 1.5, 2.0),
                 "jsd": jsd_reverse_loss(hist, phi, 1.5)}
@@ -341,6 +342,46 @@ def alternate_phases(objective, lr):
         distill(phi, optimizer, window, direction, 8, args)
         stats.append(distill_diagnostics(phi, window, 8))
     return stats
+
+
+def test_mi_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
+    hist = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))  # I(o; a) = KL([0.9, 0.1] || [0.5, 0.5]) = 0.3681
+    mi_hist = 0.9 * math.log(1.8) + 0.1 * math.log(0.2)
+    assert mutual_information(hist).item() == pytest.approx(mi_hist, rel=1e-6)
+    uniform = torch.zeros(2, 2)  # input-independent: I = 0, KL(hist || uniform) = 0.3681 per row
+    assert mi_floor_reverse_loss(hist, uniform, 1.0, 1.0, 2.0).item() == pytest.approx(-mi_hist, rel=1e-5)
+    assert mi_floor_reverse_loss(hist, hist, 1.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)  # all of it
+    # half of the window's dependence: [0.7, 0.3] / [0.3, 0.7] has I = KL([0.7, 0.3] || [0.5, 0.5])
+    half = torch.log(torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
+    share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
+    assert mi_floor_reverse_loss(hist, half, 1.0, 1.0, 2.0).item() == pytest.approx(
+        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
+    # past the window's dependence nothing more is paid
+    sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
+    kl = hand_kl([0.9, 0.1], [0.99, 0.01])
+    assert mi_floor_reverse_loss(hist, sharp, 1.0, 1.0, 2.0).item() == pytest.approx(-kl - 2.0, rel=1e-5)
+    # a window that hardly depends on its input counts as 0.01 nats
+    flat = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    assert mi_floor_reverse_loss(flat, half, 0.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)
+    # (T, B, A) logits: the dependence is over all T * B observations at once
+    torch.manual_seed(0)
+    h, p = torch.randn(3, 4, 5) * 2, torch.randn(3, 4, 5)
+    assert mi_floor_reverse_loss(h, p, 1.0, 1.0, 0.5).item() == pytest.approx(
+        mi_floor_reverse_loss(h.reshape(12, 5), p.reshape(12, 5), 1.0, 1.0, 0.5).item(), rel=1e-6)
+    # below the window's dependence, a gradient step on the floor raises phi's
+    phi = (0.1 * torch.randn(64, 5)).requires_grad_()
+    h = torch.randn(64, 5) * 3
+    before = mutual_information(phi).item()
+    mi_floor_reverse_loss(h, phi, 0.0, 1.0, 1.0).backward()  # eta_r 0: the floor alone
+    assert mutual_information(phi - 1.0 * phi.grad).item() > before
+
+
+def test_mi_floor_keeps_phi_input_dependent_through_reverse_phases():
+    phases = alternate_phases("mi-floor", Args().distill_lr)
+    for phase in phases:
+        assert phase["phi_input_dependence"] > 0.4 * phase["theta_input_dependence"]
+    forward, reverse, forward2, reverse2 = phases
+    assert reverse["kl"] > forward["kl"] + 0.3 and reverse2["kl"] > forward2["kl"] + 0.3, "phi leaves the window"
 
 
 def test_the_default_reverse_objective_keeps_phi_alive_where_capped_kl_collapses():
