@@ -112,12 +112,14 @@ def test_a_new_script_beside_evaluation_is_evaluated_with_no_edit(tmp_path, monk
 
 
 def test_adapter_refuses_foreign_files(tmp_path):
-    torch.save({"algorithm": "rpm_mappo", "substrate": SUBSTRATE, "args": {}}, tmp_path / "rpm.pt")
+    # a script someone trained with elsewhere and did not copy here
+    assert "elsewhere_mappo" not in eval_scenarios.algorithm_scripts()
+    torch.save({"algorithm": "elsewhere_mappo", "substrate": SUBSTRATE, "args": {}}, tmp_path / "other.pt")
     with pytest.raises(SystemExit) as error:
-        CheckpointPolicy(str(tmp_path / "rpm.pt"), flag="--background")
+        CheckpointPolicy(str(tmp_path / "other.pt"), flag="--background")
     scripts = ", ".join(f"{s}.py" for s in eval_scenarios.algorithm_scripts())
-    assert str(error.value) == (f"error: --background {tmp_path / 'rpm.pt'} was written by rpm_mappo.py, which is not "
-                                f"beside eval_scenarios.py; algorithm scripts here: {scripts}")
+    assert str(error.value) == (f"error: --background {tmp_path / 'other.pt'} was written by elsewhere_mappo.py, which "
+                                f"is not beside eval_scenarios.py; algorithm scripts here: {scripts}")
     assert "mappo.py" in scripts and "bidist_mappo.py" in scripts
     torch.save({"algorithm": "utils", "substrate": SUBSTRATE, "args": {}}, tmp_path / "utils.pt")
     with pytest.raises(SystemExit, match="was written by utils.py, which is not beside"):
