@@ -34,12 +34,12 @@ sys.path.insert(0, ROOT)
 import eval_scenarios  # noqa: E402
 import utils  # noqa: E402
 
-# flags for the training rows besides the script's defaults: the policy pools fill within the measured
-# iterations (FSP's reaches its default cap of 20; RPM's memory takes a snapshot every iteration), so the rows
-# measure acting beside a full pool, as late in a real run, rather than beside the few snapshots of its start
 # the parts of an iteration the scripts time (charts/time_*): acting, env stepping, the PPO update, BiDist's
 # distillation phases, and the rest (storage, GAE, logging)
 TIME_PARTS = ["act", "env", "update", "distill", "other"]
+# flags for the training rows besides the script's defaults: the policy pools fill within the measured
+# iterations (FSP's reaches its default cap of 20; RPM's memory takes a snapshot every iteration), so the rows
+# measure acting beside a full pool, as late in a real run, rather than beside the few snapshots of its start
 SCRIPT_FLAGS = {"fsp_mappo": ["--pool-every", "1"], "rpm_mappo": ["--rpm-save-every", "1"]}
 
 

@@ -90,6 +90,7 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
         (["--distill-lr", "0"], "error: --distill-lr must be > 0, got 0.0"),
         (["--reverse-trust", "-1"], "error: --reverse-trust must be >= 0, got -1.0"),
         (["--reverse-temperature", "0"], "error: --reverse-temperature must be > 0, got 0.0"),
+        (["--reverse-floor", "0"], "error: --reverse-floor must be > 0, got 0.0"),
         (["--snapshot-every", "-1"], "error: --snapshot-every must be >= 0, got -1"),
         (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; "
                                        "close matches: clean_up"),
