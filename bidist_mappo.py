@@ -117,16 +117,16 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
+    reverse_objective: Literal["capped-kl", "trust-region", "trust-floor", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
     """the reverse phase's loss: trust-region (the capped push held near phi's start: keeps phi live best, README),
-    capped-kl (the literal reading), mi-floor, anti-target, mirror, shift or jsd"""
+    capped-kl (the literal reading), trust-floor, mi-floor, anti-target, mirror, shift or jsd"""
     reverse_trust: float = 1.0
-    """trust-region: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
+    """trust-region, trust-floor: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
     reverse_temperature: float = 2.0
     """shift: tau of the target q = softmax(tau * roll(log pi_hist)); anti-target: of q = softmax(-tau * log pi_hist)"""
     reverse_floor: float = 2.0
-    """mi-floor: lambda, the weight of phi's input dependence as a share of the window's (up to 1) beside the
-    capped push"""
+    """mi-floor, trust-floor: lambda, the weight of phi's input dependence as a share of the window's (up to 1)
+    beside the capped push"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -416,14 +416,27 @@ def mutual_information(logits):
     return (logp.exp() * (logp - marginal)).sum(-1).mean()
 
 
-def mi_floor_reverse_loss(hist_logits, phi_logits, eta_r, kl_cap, floor):
-    """The capped push of reverse_distillation_loss minus floor * min(I_phi / I_hist, 1): phi is paid for
-    depending on its observation (the mutual information between observation and action over the minibatch)
-    as a share of how much the historical policies do, up to all of it; nothing beyond. The push alone drives
-    phi to an input-independent policy; with the floor, leaving the window that way forfeits `floor`, so phi
-    leaves it as a policy. A window depending on its input by less than 0.01 nats counts as 0.01."""
+def input_dependence_share(hist_logits, phi_logits):
+    """phi's input dependence as a share of the historical policies', up to all of it: min(I_phi / I_hist, 1),
+    I the mutual information between observation and action over all rows of the minibatch. A window depending
+    on its input by less than 0.01 nats counts as 0.01. Differentiable in phi; the window's I is a constant."""
     share = mutual_information(phi_logits.flatten(0, -2)) / mutual_information(hist_logits.flatten(0, -2)).detach().clamp(min=0.01)
-    return reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap) - floor * torch.clamp(share, max=1.0)
+    return torch.clamp(share, max=1.0)
+
+
+def mi_floor_reverse_loss(hist_logits, phi_logits, eta_r, kl_cap, floor):
+    """The capped push of reverse_distillation_loss minus floor * input_dependence_share: phi is paid for
+    depending on its observation as much as the historical policies do; nothing beyond. The push alone drives
+    phi to an input-independent policy; with the floor, leaving the window that way forfeits `floor`, so phi
+    leaves it as a policy."""
+    return reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap) - floor * input_dependence_share(hist_logits, phi_logits)
+
+
+def trust_floor_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta, floor):
+    """trust_region_reverse_loss minus floor * input_dependence_share: the push held near phi's start, and
+    paid for keeping the window's input dependence, for the phases where the trust region alone lets it go."""
+    return (trust_region_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta)
+            - floor * input_dependence_share(hist_logits, phi_logits))
 
 
 def anti_target_reverse_loss(hist_logits, phi_logits, eta_r, tau):
@@ -469,6 +482,9 @@ def reverse_loss(hist_logits, phi_logits, start_logits, args):
         return reverse_distillation_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap)
     if args.reverse_objective == "trust-region":
         return trust_region_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust)
+    if args.reverse_objective == "trust-floor":
+        return trust_floor_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust,
+                                        args.reverse_floor)
     if args.reverse_objective == "mi-floor":
         return mi_floor_reverse_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap, args.reverse_floor)
     if args.reverse_objective == "anti-target":
@@ -502,7 +518,7 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
     """One distillation phase of phi over the window: distill_epochs passes over shuffled minibatches
     of whole stored sequences (one trained slot's rollout each)."""
     rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))  # (num_steps, sequences, ...)
-    phi_start = copy.deepcopy(phi) if direction == "reverse" and args.reverse_objective == "trust-region" else None
+    phi_start = copy.deepcopy(phi) if direction == "reverse" and args.reverse_objective.startswith("trust") else None
     for epoch in range(args.distill_epochs):
         for seqs in torch.randperm(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch):
             hist, logits = hist_logits[:, seqs].flatten(0, 1), unroll_phi(phi, rgb, vector, done, seqs)

@@ -12,7 +12,8 @@ import torch
 from bidist_mappo import (Actor, Args, anti_target_reverse_loss, distill, distill_diagnostics,
                           forward_distillation_loss, mutual_information, jsd_reverse_loss, kl_divergence,
                           mi_floor_reverse_loss, mirror_reverse_loss, mixed_action, restart_from, reverse_distillation_loss, reverse_loss,
-                          sample_mask, scheduled_phase, shift_reverse_loss, trust_region_reverse_loss, unroll_phi)
+                          sample_mask, scheduled_phase, shift_reverse_loss, trust_floor_reverse_loss, trust_region_reverse_loss,
+                          unroll_phi)
 from test_algorithm import FakeEnvs
 
 
@@ -146,6 +147,7 @@ def test_reverse_loss_dispatches_on_the_objective_flag():
     args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0, reverse_floor=0.8)
     expected = {"capped-kl": reverse_distillation_loss(hist, phi, 1.5, 0.7),
                 "trust-region": trust_region_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3),
+                "trust-floor": trust_floor_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3, 0.8),
                 "mi-floor": mi_floor_reverse_loss(hist, phi, 1.5, 0.7, 0.8),
                 "anti-target": anti_target_reverse_loss(hist, phi, 1.5, 2.0),
                 "mirror": mirror_reverse_loss(hist, phi, 1.5), "shift": shift_reverse_loss(hist, phi, 1.5, 2.0),
@@ -376,8 +378,27 @@ def test_mi_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
     assert mutual_information(phi - 1.0 * phi.grad).item() > before
 
 
-def test_mi_floor_keeps_phi_input_dependent_through_reverse_phases():
-    phases = alternate_phases("mi-floor", Args().distill_lr)
+def test_trust_floor_is_the_trust_region_loss_minus_the_floor_on_input_dependence():
+    hist = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    mi_hist = 0.9 * math.log(1.8) + 0.1 * math.log(0.2)
+    half = torch.log(torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
+    share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
+    # at the phase start (phi = phi_start) the trust term is zero: the capped push and the floor remain
+    assert trust_floor_reverse_loss(hist, half, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
+    # away from the start, beta * KL(start || phi) is added; a phi as input-dependent as the window is paid all
+    sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
+    assert trust_floor_reverse_loss(hist, sharp, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+        -hand_kl([0.9, 0.1], [0.99, 0.01]) + 0.5 * hand_kl([0.7, 0.3], [0.99, 0.01]) - 2.0, rel=1e-5)
+    # an input-independent phi is paid nothing: trust-floor is then exactly trust-region
+    uniform = torch.zeros(2, 2)
+    assert trust_floor_reverse_loss(hist, uniform, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+        trust_region_reverse_loss(hist, uniform, half, 1.0, 1.0, 0.5).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["mi-floor", "trust-floor"])
+def test_floor_objectives_keep_phi_input_dependent_through_reverse_phases(objective):
+    phases = alternate_phases(objective, Args().distill_lr)
     for phase in phases:
         assert phase["phi_input_dependence"] > 0.4 * phase["theta_input_dependence"]
     forward, reverse, forward2, reverse2 = phases
