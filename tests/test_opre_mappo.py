@@ -6,7 +6,11 @@ import torch
 
 from conftest import run_script, spawned_workers
 from eval_scenarios import CheckpointPolicy
-from opre_mappo import Actor, Args, Posterior, mixture_logp, options_kl, usage_entropy
+from torch import nn
+from torch.distributions import Categorical
+
+from opre_mappo import (Actor, Args, OptionsPolicy, Posterior, layer_init, mixture_logp, options_kl, ppo_loss,
+                        usage_entropy)
 from test_algorithm import FakeEnvs
 from test_mappo import error_line, only_run_dir, scalars
 
@@ -93,6 +97,56 @@ def test_the_posterior_sees_the_world_and_learns_which_option_explains_an_advant
     before.backward()
     prior_optimizer.step()
     assert options_kl(q.log().detach(), actor.policy.prior(hidden.detach())) < before
+
+
+def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
+    """OPRE's update on a contextual bandit: the rewarded action is the context, which only the posterior sees
+    (the players' own features are noise). Prior and posterior start uniform, the options near-identical, as
+    in opre_mappo.py. Returns the posterior's mean option distribution per context and the probability of
+    the rewarded action under the posterior's mixture."""
+    torch.manual_seed(seed)
+    args, hidden_size = Args(), 32
+    policy = OptionsPolicy(hidden_size, 8, args.num_options)
+    posterior = nn.Sequential(layer_init(nn.Linear(contexts + hidden_size, hidden_size)), nn.ReLU(),
+                              layer_init(nn.Linear(hidden_size, args.num_options), std=0.0))
+    own = nn.Linear(8, hidden_size)
+    optimizer = torch.optim.Adam([*policy.parameters(), *posterior.parameters(), *own.parameters()],
+                                 lr=args.learning_rate, eps=1e-5)
+
+    def features(context):
+        hidden = torch.relu(own(torch.randn(len(context), 8)))
+        return hidden, posterior(torch.cat([nn.functional.one_hot(context, contexts).float(), hidden], 1))
+
+    for _ in range(iterations):
+        context = torch.randint(0, contexts, (batch,))
+        with torch.no_grad():  # the players act with the prior's mixture
+            acting = Categorical(logits=policy(features(context)[0]))
+            action = acting.sample()
+            logprob, reward = acting.log_prob(action), (action == context).float()
+        for _ in range(args.update_epochs):
+            hidden, posterior_logits = features(context)
+            learner = Categorical(logits=mixture_logp(posterior_logits, policy.option_logp(hidden)))
+            zeros = torch.zeros(batch)
+            loss, _ = ppo_loss(learner.log_prob(action), learner.entropy(), zeros, logprob, reward - reward.mean(),
+                               zeros, zeros, args)
+            loss = (loss + args.options_kl_coef * options_kl(posterior_logits, policy.prior(hidden))
+                    - args.options_entropy_coef * Categorical(logits=posterior_logits).entropy().mean())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        context = torch.arange(contexts).repeat(256)
+        hidden, posterior_logits = features(context)
+        q = posterior_logits.softmax(-1)
+        rewarded = mixture_logp(posterior_logits, policy.option_logp(hidden)).exp()[torch.arange(len(context)), context]
+        return torch.stack([q[context == k].mean(0) for k in range(contexts)]), rewarded.mean().item()
+def test_options_differentiate_from_the_uniform_start_where_the_posterior_sees_what_pays():
+    # symmetric options and uniform gates could stay a fixed point; OPRE's update breaks the symmetry when
+    # the posterior's information pays (about 60 updates of nothing, then it takes off: README, OPRE)
+    per_context, rewarded = contextual_bandit_options(seed=0)
+    assert len(set(per_context.argmax(1).tolist())) == 4, "each context its own option"
+    assert (per_context.max(1).values > 0.25).all()  # 8 options: uniform is 0.125
+    assert rewarded > 0.3  # the posterior's mixture plays the rewarded action (1/8 at the start)
 
 
 @pytest.mark.slow
