@@ -357,7 +357,9 @@ def pool_probabilities(scores, sampling):
 
 def snapshot_of(actor):
     """A frozen copy of theta for the pool: it never trains, and theta's training never moves it."""
-    return copy.deepcopy(actor).requires_grad_(False).eval()
+    snapshot = copy.deepcopy(actor).requires_grad_(False).eval()
+    snapshot.lstm.flatten_parameters()  # on CUDA, cuDNN wants a copied LSTM's weights in one chunk again
+    return snapshot
 
 
 def pool_action(actor, pool, owner, rgb, vector, theta_state, pool_state, done):

@@ -369,7 +369,9 @@ def memory_snapshots(memory):
 
 def snapshot_of(actor):
     """A frozen copy of theta for the memory: it never trains, and theta's training never moves it."""
-    return copy.deepcopy(actor).requires_grad_(False).eval()
+    snapshot = copy.deepcopy(actor).requires_grad_(False).eval()
+    snapshot.lstm.flatten_parameters()  # on CUDA, cuDNN wants a copied LSTM's weights in one chunk again
+    return snapshot
 
 
 def memory_action(actor, snapshots, owner, rgb, vector, theta_state, memory_state, done):
