@@ -128,6 +128,20 @@ def test_critic_sees_world_and_player_index(script):
     assert not torch.allclose(values, critic.get_value(other_world, rgb, vector))
 
 
+@pytest.mark.parametrize("calls", [1, 3, 4])
+def test_rollout_values_equal_one_critic_call_per_step(script, calls):
+    # the scripts compute a rollout's values after it, in a few batched calls: the same values, at the same
+    # (step, row) places, as the call per step while acting that they replace (ragged chunks included)
+    _, critic = make_nets(script)
+    T, num_envs = 10, 3
+    world = torch.randint(0, 256, (T, num_envs, 6, 9, 3), dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (T, num_envs * 2, 5, 5, 3), dtype=torch.uint8)
+    vector = torch.randn(T, num_envs * 2, 2)
+    per_step = torch.stack([critic.get_value(world[t], rgb[t], vector[t]) for t in range(T)]).detach()
+    assert per_step.std(dim=0).min() > 0 and per_step.std(dim=1).min() > 0, "values differ across steps and rows"
+    torch.testing.assert_close(script.rollout_values(critic, world, rgb, vector, calls), per_step)
+
+
 def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef,
                      norm_adv=True, clip_vloss=True):
     """The PPO loss of one minibatch written out element by element (advantages normalised by
