@@ -512,6 +512,7 @@ if __name__ == "__main__":
                     for player, player_return in enumerate(episode["returns"]):
                         writer.add_scalar(f"players/episodic_return_{player}", player_return, global_step)
 
+            envs.prepare_resets()  # the workers build the next episodes' environments while the learner works
             timer.mark("other")
             values = rollout_values(critic, obs_world, obs_rgb, obs_vector, args.num_minibatches)  # (num_steps, rows)
             timer.mark("act")

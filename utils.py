@@ -116,14 +116,19 @@ class _Substrate:
     """One substrate inside a worker: numpy observations, a step limit and episode statistics."""
 
     def __init__(self, name: str, downsample: bool, max_episode_steps: Optional[int]):
-        substrate = import_meltingpot().substrate
-        self.env = substrate.build(name, roles=substrate.get_config(name).default_player_roles)
+        self.name = name
+        self.env = self._build()
+        self.spare = None  # (env, its first timestep): the next episode's environment, built ahead by prepare()
         self.downsample = downsample
         self.max_episode_steps = max_episode_steps
         spec = self.env.observation_spec()[0]
         self.vector_keys = permitted_keys(spec)
         self.num_players = len(self.env.action_spec())
         self.num_actions = self.env.action_spec()[0].num_values
+
+    def _build(self):
+        substrate = import_meltingpot().substrate
+        return substrate.build(self.name, roles=substrate.get_config(self.name).default_player_roles)
 
     def _frame(self, frame):
         return downsample(frame) if self.downsample else frame
@@ -134,9 +139,23 @@ class _Substrate:
         return np.stack(rgb), np.stack(vector), world
 
     def reset(self):
+        """The first observation of a new episode: the environment prepare() built ahead if there is one,
+        else a reset of this one (which rebuilds it: 0.1 s on the matrix substrates, 1.1 s on clean_up)."""
         self.returns = np.zeros(self.num_players)
         self.length = 0
-        return self._observe(self.env.reset())
+        if self.spare is None:
+            return self._observe(self.env.reset())
+        self.env.close()
+        (self.env, timestep), self.spare = self.spare, None
+        return self._observe(timestep)
+
+    def prepare(self):
+        """Builds and resets the next episode's environment now, while the learner works, so that the
+        episode's end swaps it in instead of stalling every environment for a rebuild. Melting Pot's engine
+        draws its seed from `random` at the build, in the same order on every run of a seed."""
+        if self.spare is None:
+            env = self._build()
+            self.spare = (env, env.reset())
 
     def step(self, actions):
         """Returns (rgb, vector, world, rewards, done, episode); on done, rgb/vector/world are the
@@ -153,6 +172,8 @@ class _Substrate:
 
     def close(self):
         self.env.close()
+        if self.spare is not None:
+            self.spare[0].close()
 
 
 @contextlib.contextmanager
@@ -190,6 +211,9 @@ def _worker(remote, parent_remote, substrate_name, num_envs, seed, downsample, m
                 remote.send(("ok", [env.reset() for env in envs]))
             elif command == "step":
                 remote.send(("ok", [env.step(a) for env, a in zip(envs, data)]))
+            elif command == "prepare":  # no reply: the main process does not wait for it
+                for env in envs:
+                    env.prepare()
             elif command == "close":
                 break
     except (EOFError, BrokenPipeError):  # the main process is gone
@@ -321,6 +345,14 @@ class MeltingPotVecEnv:
         dones = np.repeat([r[4] for r in per_env], self.num_players)
         episodes = [dict(env=e, **r[5]) for e, r in enumerate(per_env) if r[5] is not None]
         return self.obs, rewards, dones, episodes
+
+    def prepare_resets(self) -> None:
+        """Has every worker build, for each of its environments, the next episode's environment now, and
+        returns at once. Called when the learner takes over after a rollout, it moves into the learner's time
+        the rebuild that an episode's end costs (0.1 s on the matrix substrates, 1.1 s on clean_up, while
+        every other environment waits for it). Episodes stay the same for a seed from run to run; a worker
+        that fails while building reports it at the next step."""
+        self._send([("prepare", None)] * len(self.remotes))
 
     def close(self):
         if self.closed:

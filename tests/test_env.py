@@ -121,6 +121,54 @@ def test_same_seed_same_episodes():
     assert not np.array_equal(a, c)
 
 
+def test_a_prepared_environment_is_swapped_in_at_the_episode_end():
+    env = utils._Substrate("prisoners_dilemma_in_the_matrix__repeated", downsample=True, max_episode_steps=3)
+    try:
+        env.reset()
+        first = env.env
+        env.prepare()
+        spare, timestep = env.spare
+        assert spare is not first
+        env.prepare()  # a second call keeps the one already built
+        assert env.spare[0] is spare
+        for _ in range(2):
+            assert env.step([0, 0])[4] is False
+        rgb, vector, world, _, done, episode = env.step([0, 0])
+        assert done and episode["length"] == 3
+        # the episode's end took the prepared environment and its first observation, and built nothing
+        assert env.env is spare and env.spare is None
+        expected = env._observe(timestep)
+        for got, want in zip((rgb, vector, world), expected):
+            np.testing.assert_array_equal(got, want)
+        # unprepared, an episode's end resets the environment in place, as before
+        for _ in range(3):
+            done = env.step([0, 0])[4]
+        assert done and env.env is spare
+    finally:
+        env.close()
+
+
+def test_prepared_resets_keep_episodes_reproducible():
+    def run(seed):
+        envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", num_envs=2, seed=seed,
+                                      num_workers=2, max_episode_steps=10)
+        try:
+            frames, ends = [envs.reset()["world"]], []
+            for t in range(30):
+                if t % 8 == 0:  # as the scripts do after every rollout
+                    envs.prepare_resets()
+                obs, _, dones, episodes = envs.step(np.full(4, t % envs.num_actions))
+                frames.append(obs["world"])
+                ends += [(t, episode["env"], episode["length"]) for episode in episodes]
+            return np.stack(frames), ends
+        finally:
+            envs.close()
+
+    (a, ends), (b, _) = run(5), run(5)
+    np.testing.assert_array_equal(a, b)
+    assert ends == [(t, e, 10) for t in (9, 19, 29) for e in (0, 1)]
+
+
 def test_dead_worker_stops_with_one_line_naming_it():
     envs = utils.MeltingPotVecEnv("coins", num_envs=2, seed=0, num_workers=2)
     envs.reset()
