@@ -117,9 +117,10 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "trust-floor", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-region"
-    """the reverse phase's loss: trust-region (the capped push held near phi's start: keeps phi live best, README),
-    capped-kl (the literal reading), trust-floor, mi-floor, anti-target, mirror, shift or jsd"""
+    reverse_objective: Literal["capped-kl", "trust-region", "trust-floor", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-floor"
+    """the reverse phase's loss: trust-floor (the capped push held near phi's start, paid to keep the window's
+    input dependence: the one that kept phi live in every reverse phase, README), trust-region, capped-kl (the
+    literal reading), mi-floor, anti-target, mirror, shift or jsd"""
     reverse_trust: float = 1.0
     """trust-region, trust-floor: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
     reverse_temperature: float = 2.0
