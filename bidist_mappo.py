@@ -528,8 +528,9 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
     """One distillation phase of phi over the window: distill_epochs passes over shuffled minibatches
     of whole stored sequences (one trained slot's rollout each)."""
     rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))  # (num_steps, sequences, ...)
-    phi_start = copy.deepcopy(phi) if direction == "reverse" and args.reverse_objective.startswith("trust") else None
-    if phi_start:
+    anchored = direction == "reverse" and args.reverse_objective in ("trust-region", "trust-floor")
+    phi_start = copy.deepcopy(phi) if anchored else None  # the trust region's anchor: phi at the phase start
+    if phi_start is not None:
         phi_start.lstm.flatten_parameters()  # on CUDA, cuDNN wants a copied LSTM's weights in one chunk again
     for epoch in range(args.distill_epochs):
         for seqs in torch.randperm(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch):

@@ -387,6 +387,14 @@ def options_kl(posterior_logits, prior_logits):
     return (q_logp.exp() * (q_logp - p_logp)).sum(-1).mean()
 
 
+def options_losses(posterior_logits, prior_logits, args):
+    """OPRE's terms beside PPO's loss: options_kl_coef * KL(q || p) - options_entropy_coef * H(q), H(q) the
+    posterior's mean entropy over the rows. Returns the term, the KL and H(q)."""
+    kl = options_kl(posterior_logits, prior_logits)
+    entropy = Categorical(logits=posterior_logits).entropy().mean()
+    return args.options_kl_coef * kl - args.options_entropy_coef * entropy, kl, entropy
+
+
 def usage_entropy(logits):
     """Entropy of the mean option distribution over the rows, in nats: how many options are in use overall
     (ln num_options: all of them equally; 0: one)."""
@@ -572,9 +580,8 @@ if __name__ == "__main__":
                         values[:, mb_rows].flatten(), value_norm.normalize(returns[:, mb_rows].flatten()), args,
                     )
                     clipfracs.append(stats["clipfrac"].item())
-                    kl = options_kl(posterior_logits, prior_logits)
-                    options_entropy = Categorical(logits=posterior_logits).entropy().mean()
-                    loss = loss + args.options_kl_coef * kl - args.options_entropy_coef * options_entropy
+                    options_loss, kl, options_entropy = options_losses(posterior_logits, prior_logits, args)
+                    loss = loss + options_loss
                     option_stats.append([kl.item(), options_entropy.item(), usage_entropy(prior_logits).item(),
                                          usage_entropy(posterior_logits).item()])
 

@@ -27,13 +27,14 @@ from eval_scenarios import algorithm_scripts  # noqa: E402 (the one list of algo
 
 # The algorithm of each script, as mutmut names functions ("x_" + name, methods "xǁClassǁname").
 FUNCTIONS = [
-    "x_compute_gae", "x_ppo_loss", "xǁActorǁget_states", "xǁActorǁget_action", "xǁCriticǁget_value",
+    "x_compute_gae", "x_rollout_values", "x_ppo_loss", "xǁActorǁget_states", "xǁActorǁget_action", "xǁCriticǁget_value",
     "xǁValueNormǁupdate", "xǁValueNormǁnormalize", "xǁValueNormǁdenormalize",
     # mixed play and distillation (BiDist)
     "x_sample_mask", "x_mixed_action", "x_kl_divergence", "x_forward_distillation_loss",
     "x_reverse_distillation_loss", "x_trust_region_reverse_loss", "x_anti_target_reverse_loss",
     "x_mirror_reverse_loss", "x_shift_reverse_loss", "x_jsd_reverse_loss", "x_reverse_loss",
-    "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_mutual_information", "x_mi_floor_reverse_loss", "x_restart_from",
+    "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_mutual_information", "x_mi_floor_reverse_loss", "x_input_dependence_share",
+    "x_trust_floor_reverse_loss", "x_restart_from",
     # the pool of past selves (FSP)
     "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
     # the ranked policy memory (RPM)
@@ -42,7 +43,7 @@ FUNCTIONS = [
     "x_random_convolution_weight", "x_randomize", "xǁActorǁfeatures", "x_feature_matching_loss",
     # options as responses (OPRE)
     "x_mixture_logp", "xǁOptionsPolicyǁoption_logp", "xǁOptionsPolicyǁforward", "xǁPosteriorǁget_logits",
-    "x_options_kl", "x_usage_entropy",
+    "x_options_kl", "x_options_losses", "x_usage_entropy",
 ]
 DETECTED = {"killed", "timeout"}
 

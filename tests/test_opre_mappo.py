@@ -3,14 +3,13 @@ import math
 
 import pytest
 import torch
-
-from conftest import run_script, spawned_workers
-from eval_scenarios import CheckpointPolicy
 from torch import nn
 from torch.distributions import Categorical
 
-from opre_mappo import (Actor, Args, OptionsPolicy, Posterior, layer_init, mixture_logp, options_kl, ppo_loss,
-                        usage_entropy)
+from conftest import run_script, spawned_workers
+from eval_scenarios import CheckpointPolicy
+from opre_mappo import (Actor, Args, OptionsPolicy, Posterior, layer_init, mixture_logp, options_kl, options_losses,
+                        ppo_loss, usage_entropy)
 from test_algorithm import FakeEnvs
 from test_mappo import error_line, only_run_dir, scalars
 
@@ -39,6 +38,16 @@ def test_options_kl_and_usage_entropy_against_hand_computations():
     apart = torch.tensor([[50.0, -50.0], [-50.0, 50.0]])
     assert usage_entropy(apart).item() == pytest.approx(math.log(2), abs=1e-6)
     assert usage_entropy(apart[[0, 0]]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_options_losses_weigh_the_kl_and_the_posterior_entropy_by_their_flags():
+    q, p = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log(), torch.tensor([[0.25, 0.75], [0.5, 0.5]]).log()
+    args = Args(options_kl_coef=0.3, options_entropy_coef=0.2)
+    term, kl, entropy = options_losses(q, p, args)
+    expected_entropy = (math.log(2) - (0.9 * math.log(0.9) + 0.1 * math.log(0.1))) / 2
+    assert kl.item() == pytest.approx(options_kl(q, p).item(), rel=1e-6)
+    assert entropy.item() == pytest.approx(expected_entropy, rel=1e-6)
+    assert term.item() == pytest.approx(0.3 * kl.item() - 0.2 * expected_entropy, rel=1e-6)
 
 
 def make_actor():
@@ -129,8 +138,7 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
             zeros = torch.zeros(batch)
             loss, _ = ppo_loss(learner.log_prob(action), learner.entropy(), zeros, logprob, reward - reward.mean(),
                                zeros, zeros, args)
-            loss = (loss + args.options_kl_coef * options_kl(posterior_logits, policy.prior(hidden))
-                    - args.options_entropy_coef * Categorical(logits=posterior_logits).entropy().mean())
+            loss = loss + options_losses(posterior_logits, policy.prior(hidden), args)[0]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
