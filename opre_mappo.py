@@ -7,7 +7,7 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -100,6 +100,10 @@ class Args:
     """coefficient of KL(q || p), the posterior over options against the prior"""
     options_entropy_coef: float = 0.01
     """coefficient of the entropy bonus of the posterior over options"""
+    options_input: Literal["recurrent", "frame"] = "recurrent"
+    """what the option heads read: the LSTM's output, as the prior does (recurrent), or the current frame's
+    torso features alone (frame), so that the player's history reaches its actions only through the choice
+    of option"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -171,22 +175,33 @@ def mixture_logp(weight_logits, option_logp):
 
 
 class OptionsPolicy(nn.Module):
-    """The actor's policy head: num_options option heads pi_z(a | h) and the prior p(z | h) over them, both
-    from the player's own recurrent features h. Called on h it gives the acting policy, the prior mixture's
-    log-probabilities (so evaluation reads it as any actor's `policy` head). The prior starts uniform."""
+    """The actor's policy head: num_options option heads pi_z(a | .) and the prior p(z | h) over them. It reads
+    the actor's features, the LSTM's output h and the current frame's torso features f side by side: the prior
+    reads h, the options read h or f (--options-input). Called on the features it gives the acting policy, the
+    prior mixture's log-probabilities (so evaluation reads it as any actor's `policy` head). The prior starts
+    uniform."""
 
-    def __init__(self, hidden_size, num_actions, num_options):
+    def __init__(self, hidden_size, num_actions, num_options, options_input):
         super().__init__()
-        self.num_options, self.num_actions = num_options, num_actions
+        self.hidden_size, self.num_options, self.num_actions = hidden_size, num_options, num_actions
+        self.options_input = options_input
         self.options = layer_init(nn.Linear(hidden_size, num_options * num_actions), std=0.01)
         self.prior = layer_init(nn.Linear(hidden_size, num_options), std=0.0)
 
-    def option_logp(self, hidden):
-        """log pi_z(a | h) of every option, (N, Z, A)."""
-        return self.options(hidden).view(-1, self.num_options, self.num_actions).log_softmax(-1)
+    def recurrent(self, features):
+        """h, the LSTM's output: the first half of the features."""
+        return features[:, : self.hidden_size]
 
-    def forward(self, hidden):
-        return mixture_logp(self.prior(hidden), self.option_logp(hidden))
+    def prior_logits(self, features):
+        return self.prior(self.recurrent(features))
+
+    def option_logp(self, features):
+        """log pi_z(a | .) of every option, (N, Z, A)."""
+        x = self.recurrent(features) if self.options_input == "recurrent" else features[:, self.hidden_size :]
+        return self.options(x).view(-1, self.num_options, self.num_actions).log_softmax(-1)
+
+    def forward(self, features):
+        return mixture_logp(self.prior_logits(features), self.option_logp(features))
 
 
 class Actor(nn.Module):
@@ -205,7 +220,8 @@ class Actor(nn.Module):
                 nn.init.constant_(param, 0)
             elif "weight" in name:
                 nn.init.orthogonal_(param, 1.0)
-        self.policy = OptionsPolicy(args.hidden_size, envs.num_actions, args.num_options)  # acts with the prior
+        options_input = getattr(args, "options_input", "recurrent")  # checkpoints from before the flag: recurrent
+        self.policy = OptionsPolicy(args.hidden_size, envs.num_actions, args.num_options, options_input)
 
     def initial_state(self, batch, device):
         return tuple(torch.zeros(1, batch, self.lstm.hidden_size, device=device) for _ in range(2))
@@ -213,10 +229,12 @@ class Actor(nn.Module):
     def get_states(self, rgb, vector, lstm_state, done):
         """Unrolls the LSTM over time-major rows (T * B), zeroing the state of a row where its
         episode starts (done=1). nn.LSTM runs once per stretch of steps without any episode
-        start, which is the same computation as CleanRL's step-by-step loop, only faster."""
-        hidden = self.torso(torch.cat([self.cnn(to_image(rgb)), vector], dim=1))
+        start, which is the same computation as CleanRL's step-by-step loop, only faster.
+        Returns the features [LSTM output, the frame's torso features] (T * B, 2 * hidden_size)
+        and the LSTM state."""
+        frame = self.torso(torch.cat([self.cnn(to_image(rgb)), vector], dim=1))
         batch = lstm_state[0].shape[1]
-        hidden = hidden.reshape(-1, batch, self.lstm.input_size)
+        steps = frame.reshape(-1, batch, self.lstm.input_size)
         done = done.reshape(-1, batch)
         starts = torch.nonzero(done.any(dim=1)).flatten().tolist()
         bounds = sorted({0, *starts, len(done)})
@@ -224,13 +242,13 @@ class Actor(nn.Module):
         outputs = []
         for begin, end in zip(bounds[:-1], bounds[1:]):
             keep = (1.0 - done[begin]).view(1, -1, 1)
-            out, (h, c) = self.lstm(hidden[begin:end], (keep * h, keep * c))
+            out, (h, c) = self.lstm(steps[begin:end], (keep * h, keep * c))
             outputs.append(out)
-        return torch.cat(outputs).flatten(0, 1), (h, c)
+        return torch.cat([torch.cat(outputs).flatten(0, 1), frame], dim=1), (h, c)
 
     def get_action(self, rgb, vector, lstm_state, done, action=None):
-        hidden, lstm_state = self.get_states(rgb, vector, lstm_state, done)
-        logits = self.policy(hidden)
+        features, lstm_state = self.get_states(rgb, vector, lstm_state, done)
+        logits = self.policy(features)
         probs = Categorical(logits=logits)
         if action is None:
             action = probs.sample()
@@ -412,7 +430,8 @@ if __name__ == "__main__":
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
         utils.check_checkpoint(checkpoint, args.resume, "opre_mappo", args,
-                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps"))
+                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "num_options",
+                                           "options_input"))
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -563,7 +582,7 @@ if __name__ == "__main__":
                     mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(device)
                     mb_rgb, mb_vector = obs_rgb[:, mb_rows].flatten(0, 1), obs_vector[:, mb_rows].flatten(0, 1)
 
-                    hidden, _ = actor.get_states(
+                    features, _ = actor.get_states(
                         mb_rgb, mb_vector,
                         (initial_lstm_state[0][:, mb_rows], initial_lstm_state[1][:, mb_rows]),
                         dones[:, mb_rows].flatten(),
@@ -571,8 +590,9 @@ if __name__ == "__main__":
                     # OPRE: PPO trains the options' mixture under the posterior q, which also sees the world (the
                     # players acted with the prior p's mixture: PPO's ratio corrects for the difference)
                     mb_world = obs_world[:, mb_envs].flatten(0, 1)
-                    prior_logits, posterior_logits = actor.policy.prior(hidden), posterior.get_logits(mb_world, hidden)
-                    learner = Categorical(logits=mixture_logp(posterior_logits, actor.policy.option_logp(hidden)))
+                    prior_logits = actor.policy.prior_logits(features)
+                    posterior_logits = posterior.get_logits(mb_world, actor.policy.recurrent(features))
+                    learner = Categorical(logits=mixture_logp(posterior_logits, actor.policy.option_logp(features)))
                     newlogprob, entropy = learner.log_prob(actions[:, mb_rows].flatten()), learner.entropy()
                     newvalue = critic.get_value(mb_world, mb_rgb, mb_vector)
                     loss, stats = ppo_loss(

@@ -70,13 +70,32 @@ def test_acting_uses_the_prior_from_the_players_own_input_only():
     torch.testing.assert_close(changed[0], logits[0])
     assert not torch.allclose(changed[1], logits[1])
     # the acting policy is the prior's mixture of the options
-    hidden, _ = actor.get_states(rgb, vector, state, done)
-    torch.testing.assert_close(logits, mixture_logp(actor.policy.prior(hidden), actor.policy.option_logp(hidden)))
+    features, _ = actor.get_states(rgb, vector, state, done)
+    prior_logits = actor.policy.prior_logits(features)
+    torch.testing.assert_close(logits, mixture_logp(prior_logits, actor.policy.option_logp(features)))
     # prior and posterior start uniform, so at the start PPO trains the very policy that acted
     posterior = Posterior(FakeEnvs, Args(hidden_size=16, num_options=4))
     world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
-    torch.testing.assert_close(actor.policy.prior(hidden), torch.zeros(2, 4))
-    torch.testing.assert_close(posterior.get_logits(world, hidden), torch.zeros(2, 4))
+    torch.testing.assert_close(prior_logits, torch.zeros(2, 4))
+    torch.testing.assert_close(posterior.get_logits(world, actor.policy.recurrent(features)), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("options_input", ["recurrent", "frame"])
+def test_options_read_the_recurrent_state_or_the_frame_alone_and_the_prior_reads_the_history(options_input):
+    torch.manual_seed(0)
+    actor = Actor(FakeEnvs, Args(hidden_size=16, num_options=4, options_input=options_input))
+    with torch.no_grad():  # a prior that is not uniform, so that it can show a dependence
+        nn.init.normal_(actor.policy.prior.weight)
+    rgb, vector, done = torch.randint(0, 256, (2, 5, 5, 3), dtype=torch.uint8), torch.randn(2, 2), torch.zeros(2)
+    features, _ = actor.get_states(rgb, vector, actor.initial_state(2, "cpu"), done)
+    history = (torch.randn(1, 2, 16), torch.randn(1, 2, 16))  # the same frame after another history
+    other, _ = actor.get_states(rgb, vector, history, done)
+    assert features.shape == (2, 32)
+    assert not torch.allclose(actor.policy.prior_logits(other), actor.policy.prior_logits(features))
+    same_options = torch.allclose(actor.policy.option_logp(other), actor.policy.option_logp(features))
+    assert same_options == (options_input == "frame")
+    # either way the acting policy depends on the history (through the prior, at least)
+    assert not torch.allclose(actor.policy(other), actor.policy(features))
 
 
 def test_the_posterior_sees_the_world_and_learns_which_option_explains_an_advantaged_action():
@@ -87,11 +106,13 @@ def test_the_posterior_sees_the_world_and_learns_which_option_explains_an_advant
     torch.manual_seed(1)
     rgb, vector = torch.randint(0, 256, (2, 5, 5, 3), dtype=torch.uint8), torch.randn(2, 2)
     world = torch.randint(0, 256, (1, 6, 9, 3), dtype=torch.uint8)
-    hidden, _ = actor.get_states(rgb, vector, actor.initial_state(2, "cpu"), torch.zeros(2))
+    features, _ = actor.get_states(rgb, vector, actor.initial_state(2, "cpu"), torch.zeros(2))
+    features = features.detach()
+    hidden = actor.policy.recurrent(features)
     optimizer = torch.optim.SGD(posterior.parameters(), lr=1.0)
     for _ in range(3):  # PPO's gradient with a positive advantage on action 4 (option 2's)
-        q = posterior.get_logits(world, hidden.detach())
-        loss = -mixture_logp(q, actor.policy.option_logp(hidden.detach()))[:, 4].sum()
+        q = posterior.get_logits(world, hidden)
+        loss = -mixture_logp(q, actor.policy.option_logp(features))[:, 4].sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -101,11 +122,11 @@ def test_the_posterior_sees_the_world_and_learns_which_option_explains_an_advant
     assert not torch.allclose(posterior.get_logits(255 - world, hidden), posterior.get_logits(world, hidden))
     # and a step on KL(q || p) moves the prior towards it
     prior_optimizer = torch.optim.SGD(actor.policy.prior.parameters(), lr=1.0)
-    before = options_kl(q.log().detach(), actor.policy.prior(hidden.detach()))
+    before = options_kl(q.log().detach(), actor.policy.prior_logits(features))
     prior_optimizer.zero_grad()
     before.backward()
     prior_optimizer.step()
-    assert options_kl(q.log().detach(), actor.policy.prior(hidden.detach())) < before
+    assert options_kl(q.log().detach(), actor.policy.prior_logits(features)) < before
 
 
 def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
@@ -115,7 +136,7 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
     the rewarded action under the posterior's mixture."""
     torch.manual_seed(seed)
     args, hidden_size = Args(), 32
-    policy = OptionsPolicy(hidden_size, 8, args.num_options)
+    policy = OptionsPolicy(hidden_size, 8, args.num_options, args.options_input)
     posterior = nn.Sequential(layer_init(nn.Linear(contexts + hidden_size, hidden_size)), nn.ReLU(),
                               layer_init(nn.Linear(hidden_size, args.num_options), std=0.0))
     own = nn.Linear(8, hidden_size)
@@ -123,8 +144,9 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
                                  lr=args.learning_rate, eps=1e-5)
 
     def features(context):
-        hidden = torch.relu(own(torch.randn(len(context), 8)))
-        return hidden, posterior(torch.cat([nn.functional.one_hot(context, contexts).float(), hidden], 1))
+        hidden = torch.relu(own(torch.randn(len(context), 8)))  # both the recurrent and the frame features
+        seen = torch.cat([nn.functional.one_hot(context, contexts).float(), hidden], 1)
+        return torch.cat([hidden, hidden], 1), posterior(seen)
 
     for _ in range(iterations):
         context = torch.randint(0, contexts, (batch,))
@@ -138,7 +160,7 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
             zeros = torch.zeros(batch)
             loss, _ = ppo_loss(learner.log_prob(action), learner.entropy(), zeros, logprob, reward - reward.mean(),
                                zeros, zeros, args)
-            loss = loss + options_losses(posterior_logits, policy.prior(hidden), args)[0]
+            loss = loss + options_losses(posterior_logits, policy.prior_logits(hidden), args)[0]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -148,6 +170,8 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
         q = posterior_logits.softmax(-1)
         rewarded = mixture_logp(posterior_logits, policy.option_logp(hidden)).exp()[torch.arange(len(context)), context]
         return torch.stack([q[context == k].mean(0) for k in range(contexts)]), rewarded.mean().item()
+
+
 def test_options_differentiate_from_the_uniform_start_where_the_posterior_sees_what_pays():
     # symmetric options and uniform gates could stay a fixed point; OPRE's update breaks the symmetry when
     # the posterior's information pays (about 60 updates of nothing, then it takes off: README, OPRE)
@@ -160,7 +184,8 @@ def test_options_differentiate_from_the_uniform_start_where_the_posterior_sees_w
 @pytest.mark.slow
 def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flags):
     before = spawned_workers()
-    result = run_script("opre_mappo.py", *tiny_flags, "--total-timesteps", "128", "--num-options", "3", cwd=tmp_path)
+    result = run_script("opre_mappo.py", *tiny_flags, "--total-timesteps", "128", "--num-options", "3",
+                        "--options-input", "frame", cwd=tmp_path)
     assert "iter 4/4" in result.stdout and "options in use" in result.stdout
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
@@ -173,13 +198,18 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
     assert checkpoint["algorithm"] == "opre_mappo" and "posterior" in checkpoint
     assert checkpoint["actor"]["policy.options.weight"].shape[0] == 3 * 8
 
-    result = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "192", cwd=tmp_path)
+    other = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--options-input", "recurrent",
+                       cwd=tmp_path, check=False)
+    assert error_line(other) == f"error: --resume {run_dir}/checkpoint.pt was trained with --options-input frame, not recurrent"
+    result = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--options-input", "frame",
+                        "--total-timesteps", "192", cwd=tmp_path)
     assert "iter 6/6" in result.stdout and only_run_dir(tmp_path) == run_dir
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 
     # evaluation plays the prior's mixture with the actor alone: the posterior is not read
     policy = CheckpointPolicy(f"{run_dir}/checkpoint.pt")
     assert isinstance(policy.actor, Actor) and not hasattr(policy, "posterior")
+    assert policy.actor.policy.options_input == "frame"
     assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
                        ["actor"]["policy.prior.weight"])
 
