@@ -58,6 +58,9 @@ class Args:
     """average RGB over 8x8 sprites in the workers (88x88 -> 11x11); --no-downsample keeps full resolution"""
     max_episode_steps: Optional[int] = None
     """end episodes after this many steps (default: the substrate's own episode length)"""
+    prepare_resets: bool = True
+    """workers build the next episode's environment while the learner works (--no-prepare-resets saves the
+    memory of one more environment per slot: 387 MiB on clean_up with 8 envs)"""
 
     # Algorithm specific arguments
     total_timesteps: int = 1_000_000
@@ -758,7 +761,8 @@ if __name__ == "__main__":
                     for player, player_return in enumerate(episode["returns"]):
                         writer.add_scalar(f"players/episodic_return_{player}", player_return, global_step)
 
-            envs.prepare_resets()  # the workers build the next episodes' environments while the learner works
+            if args.prepare_resets:  # the workers build the next episodes' environments while the learner works
+                envs.prepare_resets()
             timer.mark("other")
             values = rollout_values(critic, obs_world, obs_rgb, obs_vector, args.num_minibatches)  # (num_steps, rows)
             timer.mark("act")

@@ -57,6 +57,29 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 
 
+PREPARE_COUNTER = """
+import runpy, sys
+sys.path.insert(0, sys.argv[1])
+import utils
+calls = []
+prepare = utils.MeltingPotVecEnv.prepare_resets
+utils.MeltingPotVecEnv.prepare_resets = lambda self: (calls.append(1), prepare(self))[1]
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("prepare_resets calls:", len(calls))
+"""
+
+
+@pytest.mark.parametrize("flag, calls", [([], 3), (["--no-prepare-resets"], 0)])
+def test_prepared_resets_follow_their_flag(tmp_path, tiny_flags, flag, calls):
+    # once per rollout by default (the workers build the next episodes while the learner works); never with
+    # --no-prepare-resets, which saves the memory of the spare environments
+    result = subprocess.run([sys.executable, "-c", PREPARE_COUNTER, ROOT, os.path.join(ROOT, "mappo.py"), *tiny_flags,
+                             "--total-timesteps", "96", *flag], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "iter 3/3" in result.stdout and f"prepare_resets calls: {calls}" in result.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script, heavy", [
     ("mappo.py", ["--update-epochs", "20"]),
