@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train train-mappo test bench bots mutate clean
+.PHONY: install train train-mappo test bench peer bots mutate clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py $(ARGS)
+
+peer: $(STAMP)
+	$(PY) -m pip install -r requirements-peer.txt
 
 bots: $(STAMP)
 	$(PY) -m pip install -r requirements-bots.txt

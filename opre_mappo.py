@@ -433,8 +433,8 @@ if __name__ == "__main__":
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
         utils.check_checkpoint(checkpoint, args.resume, "opre_mappo", args,
-                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "num_options",
-                                           "options_input"))
+                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps",
+                                           "num_options", "options_input"))
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"

@@ -9,6 +9,9 @@
    run in turn --repeats times; the median of each is reported, because the speed of a shared
    machine drifts between runs by more than the difference being measured. mappo.py runs twice per
    round: at its default --torch-threads and with a thread per core (torch's own default).
+3. the peer, when BenchMARL is installed (`make peer`): benchmarks/peer_benchmarl.py, BenchMARL's MAPPO at the same
+   envs, rollout length and PPO schedule, in a subprocess --repeats times; its row's time split is collection
+   (acting and env stepping) / training, and the last lines give mappo.py's speed and memory as ratios to it.
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
 the raw environment and to mappo.py (a method's overhead), the peak memory (sum of PSS over the
 process and its workers) and the method's own state at the end of the run: the bytes of what its
@@ -16,6 +19,7 @@ final checkpoint holds beyond mappo.py's (BiDist's phi, its optimiser and its di
 pool or memory of past policies).
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -59,6 +63,10 @@ class Args:
     """runs of each training measurement, taking the scripts in turn"""
     seed: int = 1
     """seed of every measurement"""
+    peer: bool = True
+    """measure BenchMARL's MAPPO too when it is installed (`make peer`); --no-peer skips it"""
+    peer_iterations: int = 6
+    """iterations of each peer measurement (the first not timed): the peer runs ~10 times slower"""
 
 
 def process_tree_pss(pid: int) -> int:
@@ -165,6 +173,25 @@ def training_throughput(script, flags, args):
     return sps, peak, shares, checkpoint
 
 
+def peer_throughput(args):
+    """One run of benchmarks/peer_benchmarl.py: its env steps/s, peak memory and time split."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "peer_benchmarl.py"), "--substrate", args.substrate,
+         "--num-envs", str(args.num_envs), "--num-steps", "128", "--iterations", str(args.peer_iterations),
+         "--seed", str(args.seed)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    memory = PeakMemory(process.pid)
+    output, errors = process.communicate()
+    peak = memory.stop()
+    found = re.search(r"peer: ([\d.]+) env steps/s \| collection (\d+)% \| training (\d+)%", output)
+    if process.returncode != 0 or not found:
+        raise SystemExit(f"error: benchmarks/peer_benchmarl.py failed (exit {process.returncode}): "
+                         f"{(errors.strip().splitlines() or ['no output'])[-1]}")
+    sps, collection, training = float(found[1]), int(found[2]) / 100, int(found[3]) / 100
+    return sps, peak, {"collection": collection, "training": training}
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
@@ -176,13 +203,16 @@ if __name__ == "__main__":
     # thread default (a thread per core) against the scripts' default (the cores the env workers leave)
     measured = [("mappo", []), ("mappo", ["--torch-threads", str(os.cpu_count() or 1)])] + [
         (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"]
+    peer = args.peer and importlib.util.find_spec("benchmarl") is not None
     raw_sps, players, raw_memory = raw_throughput(args)
     runs = {i: [] for i in range(len(measured))}
-    checkpoints = {}
+    checkpoints, peer_runs = {}, []
     for _ in range(args.repeats):
         for i, (script, flags) in enumerate(measured):
             sps, peak, shares, checkpoints[i] = training_throughput(script, flags, args)
             runs[i].append((sps, peak, shares))
+        if peer:
+            peer_runs.append(peer_throughput(args))
     mappo_keys = set(checkpoints[0])  # what MAPPO's checkpoint holds; the rest is the method's own state
     rows = [("raw env, random actions", raw_sps, raw_memory, None, None)]
     for i, r in runs.items():
@@ -205,3 +235,17 @@ if __name__ == "__main__":
         split = "-" if shares is None else " / ".join(f"{shares[part]:.0%}" for part in TIME_PARTS)
         print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
               f"| {split} | {memory / 2**20:,.0f} MiB | {held} |")
+    if not peer:
+        print("\n(no peer row: " + ("--no-peer)" if not args.peer else "BenchMARL is not installed; `make peer`)"))
+    else:
+        import benchmarl
+
+        peer_sps = float(np.median([sps for sps, _, _ in peer_runs]))
+        peer_memory = max(peak for _, peak, _ in peer_runs)
+        split = " / ".join(f"{part} {np.mean([shares[part] for _, _, shares in peer_runs]):.0%}"
+                           for part in ("collection", "training"))
+        print(f"| BenchMARL {benchmarl.__version__} MAPPO (peer) | {peer_sps:,.0f} | {peer_sps * players:,.0f} | "
+              f"{peer_sps / raw_sps:.2f} | {peer_sps / mappo_sps:.2f} | {split} | {peer_memory / 2**20:,.0f} MiB | - |")
+        print(f"\npeer runs: {', '.join(f'{sps:,.1f}' for sps, _, _ in peer_runs)} env steps/s")
+        print(f"mappo.py against BenchMARL's MAPPO: {mappo_sps / peer_sps:.1f} times its env steps/s, "
+              f"{rows[1][2] / peer_memory:.2f} of its peak memory")

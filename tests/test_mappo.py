@@ -74,8 +74,9 @@ print("prepare_resets calls:", len(calls))
 def test_prepared_resets_follow_their_flag(tmp_path, tiny_flags, flag, calls):
     # once per rollout by default (the workers build the next episodes while the learner works); never with
     # --no-prepare-resets, which saves the memory of the spare environments
-    result = subprocess.run([sys.executable, "-c", PREPARE_COUNTER, ROOT, os.path.join(ROOT, "mappo.py"), *tiny_flags,
-                             "--total-timesteps", "96", *flag], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", PREPARE_COUNTER, ROOT, os.path.join(ROOT, "mappo.py"), *tiny_flags,
+               "--total-timesteps", "96", *flag]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "iter 3/3" in result.stdout and f"prepare_resets calls: {calls}" in result.stdout
 
