@@ -64,7 +64,7 @@ class Args:
     reference: Optional[tuple[float, float]] = None
     """MIN MAX reference returns of the substrate: adds min-max normalised scores"""
     bootstrap_samples: int = 10_000
-    """resamples of the stratified bootstrap behind every confidence interval"""
+    """resamples of the (stratified, hierarchical) bootstrap behind every confidence interval"""
     policy_space: bool = True
     """draw the policy-space picture from the runs' snapshots (--no-policy-space: skip it)"""
     train_only: bool = False
@@ -406,7 +406,7 @@ def crossplay(populations, backgrounds, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics: a stratified bootstrap over focal seeds and background populations
+# Statistics: a bootstrap over focal seeds and background populations (stratified) and the episodes of each pair
 
 
 def held_out_mask(own, background):
@@ -417,42 +417,50 @@ def held_out_mask(own, background):
     return background[..., None, :] != own[..., :, None]
 
 
-def summarise_method(matrix, rows, own, samples, rng):
+def summarise_method(episodes, rows, own, samples, rng):
     """Point estimates and 95% percentile-bootstrap intervals for one method.
 
-    `matrix` (focal, trained background) holds mean focal returns, `rows` the focal rows of this
-    method and `own[r]` the column of row r's own run. Each bootstrap sample redraws, with
-    replacement, the method's focal seeds and the background populations (stratified: the two are
-    drawn separately, as rliable stratifies by task), and averages every held-out pair of the draw;
-    the same draw gives the self-play mean and the gap, so the three intervals agree."""
+    `episodes` (focal, trained background, episode) holds the focal returns of every pair's episodes, `rows`
+    the focal rows of this method and `own[r]` the column of row r's own run. Each bootstrap sample redraws,
+    with replacement, the method's focal seeds and the background populations (stratified: the two are drawn
+    separately, as rliable stratifies by task), then the episodes of every pair drawn (hierarchical: a pair's
+    mean over a few episodes is itself uncertain; one episode's return varies by about 0.3 to 0.6 on the
+    default substrate, as much as the seeds' means do), and averages every held-out pair of the draw; the
+    same draw gives the self-play mean and the gap, so the three intervals agree."""
     rows, own = np.asarray(rows), np.asarray(own)
+    matrix, n = episodes.mean(-1), episodes.shape[-1]
     columns = np.arange(matrix.shape[1])
     held = held_out_mask(own[rows], columns)
     estimate = {"self_play": matrix[rows, own[rows]].mean(), "held_out": matrix[rows][held].mean()}
     estimate["gap"] = estimate["self_play"] - estimate["held_out"]
     focal = rng.choice(rows, size=(samples, len(rows)))
     background = rng.choice(columns, size=(samples, len(columns)))
-    values = matrix[focal[:, :, None], background[:, None, :]]  # (samples, focal, background)
+    picked = rng.integers(n, size=(samples, len(rows), len(columns), n))  # the episodes of every pair drawn
+    values = episodes[focal[:, :, None, None], background[:, None, :, None], picked].mean(-1)  # (samples, focal, bg)
     mask = held_out_mask(own[focal], background)
     with np.errstate(invalid="ignore"):
         held_out = (values * mask).sum((1, 2)) / mask.sum((1, 2))  # nan where a draw holds no held-out pair
-    self_play = matrix[focal, own[focal]].mean(1)
+    picked = rng.integers(n, size=(samples, len(rows), n))
+    self_play = episodes[focal[:, :, None], own[focal][:, :, None], picked].mean((1, 2))
     draws = {"held_out": held_out, "self_play": self_play, "gap": self_play - held_out}
     return {key: (float(estimate[key]), *np.nanpercentile(draws[key], [2.5, 97.5]).tolist()) for key in estimate}
 
 
-def summarise_reference(values, samples, rng):
-    """Mean over focal seeds of one method's return beside a reference background, with a 95%
-    percentile-bootstrap interval over those seeds."""
-    values = np.asarray(values)
-    draws = values[rng.integers(len(values), size=(samples, len(values)))].mean(1)
-    return (float(values.mean()), *np.percentile(draws, [2.5, 97.5]).tolist())
+def summarise_reference(episodes, samples, rng):
+    """Mean over focal seeds of one method's return beside a reference background, `episodes` (seed, episode),
+    with a 95% percentile-bootstrap interval that redraws the seeds, then each drawn seed's episodes."""
+    episodes = np.asarray(episodes, dtype=float)
+    seeds, n = episodes.shape
+    drawn = rng.integers(seeds, size=(samples, seeds))
+    draws = episodes[drawn[:, :, None], rng.integers(n, size=(samples, seeds, n))].mean((1, 2))
+    return (float(episodes.mean()), *np.percentile(draws, [2.5, 97.5]).tolist())
 
 
 def statistics(populations, results, args):
     """The study's numbers: the cross-play matrix and, per method, the summaries of the table."""
     names = [p.name for p in populations]
-    matrix = np.array([[np.mean(results[f, b]) for b in names] for f in names])
+    episodes = np.array([[results[f, b] for b in names] for f in names], dtype=float)  # (focal, background, episode)
+    matrix = episodes.mean(-1)
     rng = np.random.default_rng(args.seed)
     methods = list(dict.fromkeys(p.method for p in populations))
     summary = {}
@@ -460,10 +468,10 @@ def statistics(populations, results, args):
         rows = [i for i, p in enumerate(populations) if p.method == method]
         entry = {"focal_seeds": len(rows)}
         if len(populations) > 1:
-            entry.update(summarise_method(matrix, rows, np.arange(len(names)), args.bootstrap_samples, rng))
+            entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng))
         for reference in (RANDOM, UNTRAINED):
             if (names[rows[0]], reference) in results:
-                entry[reference] = summarise_reference([np.mean(results[names[r], reference]) for r in rows],
+                entry[reference] = summarise_reference([results[names[r], reference] for r in rows],
                                                        args.bootstrap_samples, rng)
         if args.reference and "held_out" in entry:
             low, high = args.reference
@@ -504,7 +512,7 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
     with open(f"{args.out}/results.md", "w") as f:
         f.write(f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
                 f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
-                f"[95% stratified-bootstrap interval]\n\n{table}\n")
+                f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n{table}\n")
     rows = []
     for focal in populations:
         for name in backgrounds:
@@ -575,7 +583,7 @@ def plot_methods(summary, path, title):
             ax.bar(x, means, width, yerr=errors, capsize=3, label=label)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("focal per-capita return")
-    ax.set_title(f"{title}\nmean and 95% stratified-bootstrap interval", fontsize=9)
+    ax.set_title(f"{title}\nmean and 95% bootstrap interval (seeds, backgrounds, episodes)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -17,8 +17,8 @@ import torch
 
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population, held_out_mask, parse_method,
-                   run_status,
-                   statistics, summarise_method, train_command, training_summary, write_outputs)
+                   run_status, statistics, summarise_method, summarise_reference, train_command, training_summary,
+                   write_outputs)
 
 
 def test_methods_parse_with_labels_flags_and_one_line_errors():
@@ -81,7 +81,7 @@ def test_the_held_out_set_never_holds_the_focal_run():
     # own run worth 100, every never-met population 1: the held-out estimate and every bootstrap
     # draw see only the 1s, self-play only the 100s
     matrix = np.where(mask, 1.0, 100.0)
-    summary = summarise_method(matrix, [0, 1], np.arange(3), 2000, np.random.default_rng(0))
+    summary = summarise_method(matrix[..., None], [0, 1], np.arange(3), 2000, np.random.default_rng(0))
     assert summary["held_out"] == (1.0, 1.0, 1.0)
     assert summary["self_play"] == (100.0, 100.0, 100.0) and summary["gap"] == (99.0, 99.0, 99.0)
 
@@ -90,7 +90,7 @@ def test_bootstrap_interval_matches_an_exhaustive_enumeration():
     matrix = np.array([[5.0, 1.0, 2.0], [3.0, 6.0, 0.0], [4.0, 8.0, 7.0]])
     rows, own = [0, 1], np.arange(3)
     # point estimates by hand: held-out pairs (0,1) (0,2) (1,0) (1,2) -> (1 + 2 + 3 + 0) / 4; self-play (5 + 6) / 2
-    summary = summarise_method(matrix, rows, own, 200_000, np.random.default_rng(1))
+    summary = summarise_method(matrix[..., None], rows, own, 200_000, np.random.default_rng(1))  # one episode a pair
     assert summary["held_out"][0] == 1.5 and summary["self_play"][0] == 5.5 and summary["gap"][0] == 4.0
     # every equally likely draw: 2 focal seeds from {0, 1} and 3 backgrounds from {0, 1, 2}
     held_out, gap = [], []
@@ -105,6 +105,20 @@ def test_bootstrap_interval_matches_an_exhaustive_enumeration():
     exact = np.percentile(held_out, [2.5, 97.5])
     assert summary["held_out"][1:] == pytest.approx(exact, abs=0.05)
     assert summary["gap"][1:] == pytest.approx(np.nanpercentile(gap, [2.5, 97.5]), abs=0.05)
+
+
+def test_the_intervals_hold_the_episodes_uncertainty():
+    # every pair's two episodes return 0 and 2: pair means are all 1, so seeds and backgrounds alone would give
+    # [1, 1]; a draw's self-play over 2 seeds is the mean of 4 episodes drawn from {0, 2}: 0 with probability
+    # 1/16, 2 with 1/16, so the 2.5% and 97.5% points are 0 and 2
+    episodes = np.tile([0.0, 2.0], (3, 3, 1))
+    summary = summarise_method(episodes, [0, 1], np.arange(3), 100_000, np.random.default_rng(0))
+    assert summary["self_play"] == (1.0, 0.0, 2.0)
+    low, high = summary["held_out"][1:]  # the mean of 2 x 2 pairs x 2 episodes = 8 draws from {0, 2}: narrower
+    assert 0.0 < low < 1.0 < high < 2.0 and low == pytest.approx(2 - high)
+    # beside a reference: the same resampling, seed then episodes
+    assert summarise_reference([[0.0, 2.0], [0.0, 2.0]], 100_000, np.random.default_rng(0)) == (1.0, 0.0, 2.0)
+    assert summarise_reference([[1.0, 1.0], [3.0, 3.0]], 1000, np.random.default_rng(0)) == (2.0, 1.0, 3.0)
 
 
 def synthetic_study(tmp_path):
