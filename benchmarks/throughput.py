@@ -3,7 +3,8 @@
     python benchmarks/throughput.py                       # the README's table
     python benchmarks/throughput.py --scripts mappo bidist_mappo --substrate clean_up
 
-1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner);
+1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner), and one environment stepped the same
+   way inside this process (what one core gives, the reference for the workers' scaling);
 2. every *mappo.py (or --scripts) at its defaults plus SCRIPT_FLAGS: short training runs in subprocesses
    with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
    run in turn --repeats times; the median of each is reported, because the speed of a shared
@@ -21,6 +22,7 @@ pool or memory of past policies).
 
 import importlib.util
 import os
+import random
 import re
 import subprocess
 import sys
@@ -127,6 +129,22 @@ def raw_throughput(args):
     return args.raw_steps * args.num_envs / seconds, envs.num_players, memory.stop()
 
 
+def single_process_throughput(args):
+    """One environment stepped in this process with uniformly random actions, doing a worker's per-step work
+    (numpy observations, downsampling, resets): env steps/s of one core, no pipes."""
+    random.seed(args.seed)
+    env = utils._Substrate(args.substrate, downsample=True, max_episode_steps=None)
+    rng = np.random.default_rng(args.seed)
+    try:
+        env.reset()
+        start = time.time()
+        for _ in range(args.raw_steps):
+            env.step(rng.integers(0, env.num_actions, size=env.num_players))
+        return args.raw_steps / (time.time() - start)
+    finally:
+        env.close()
+
+
 def tensor_bytes(value):
     """Bytes of the tensors and arrays in `value`, through dicts, lists and tuples."""
     if isinstance(value, torch.Tensor):
@@ -205,6 +223,7 @@ if __name__ == "__main__":
         (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"]
     peer = args.peer and importlib.util.find_spec("benchmarl") is not None
     raw_sps, players, raw_memory = raw_throughput(args)
+    single_sps = single_process_throughput(args)
     runs = {i: [] for i in range(len(measured))}
     checkpoints, peer_runs = {}, []
     for _ in range(args.repeats):
@@ -226,6 +245,9 @@ if __name__ == "__main__":
     mappo_sps = rows[1][1]
     print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
           f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n")
+    workers = utils.num_env_workers(args.num_envs)
+    print(f"raw env: {raw_sps:,.0f} env steps/s in {workers} worker(s) against {single_sps:,.0f} in one process: "
+          f"{raw_sps / (workers * single_sps):.2f} of {workers} x one process\n")
     print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | time: "
           f"{' / '.join(TIME_PARTS)} | peak memory | method's own state at the end |")
     print("|---|---|---|---|---|---|---|---|")
