@@ -247,6 +247,7 @@ def _policy(path, device, substrate):
 
 def _init_worker(with_tensorflow):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    utils.die_with_parent()
     torch.set_num_threads(1)
     utils.import_meltingpot(with_tensorflow=with_tensorflow)
 

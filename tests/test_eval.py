@@ -4,6 +4,10 @@ import json
 import math
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -15,7 +19,7 @@ import torch
 import eval_scenarios
 import utils
 from bidist_mappo import Actor
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script, spawned_workers
 from test_mappo import error_line
 from eval_scenarios import (CheckpointPolicy, Target, check_bots, confidence_interval, custom_factory,
                             markdown_table, read_normalise, resolve_scenarios, summarise)
@@ -266,3 +270,28 @@ def test_summary_normalises_and_the_table_shows_it(tmp_path):
     (tmp_path / "bad.csv").write_text("name,low,high\n")
     with pytest.raises(SystemExit, match="needs the columns scenario,min,max; it has name,low,high"):
         read_normalise(str(tmp_path / "bad.csv"))
+
+
+KILLED_PARENT = """
+import concurrent.futures, multiprocessing, os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+import eval_scenarios
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=eval_scenarios._init_worker, initargs=(False,))
+    busy = [pool.submit(time.sleep, 120) for _ in range(2)]
+    time.sleep(5)  # both workers started and initialised, each asleep in its job
+    print("ready", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind
+"""
+
+
+def test_evaluation_workers_die_with_a_killed_parent(tmp_path):
+    before = spawned_workers()
+    result = subprocess.run([sys.executable, "-c", KILLED_PARENT, ROOT], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == -signal.SIGKILL and "ready" in result.stdout, result.stderr
+    deadline = time.time() + 15
+    while spawned_workers() - before and time.time() < deadline:
+        time.sleep(0.2)
+    assert spawned_workers() - before == set(), "evaluation workers outlived their killed parent"
