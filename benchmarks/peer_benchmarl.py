@@ -77,7 +77,8 @@ def benchmarl_experiment(args, callbacks, folder):
 
 def meltingpot_cnn():
     """The Melting Pot paper's agent torso in BenchMARL's CNN model: conv 16 channels 8x8 stride 8 (a sprite
-    to a pixel), conv 32 channels 4x4 stride 1, ReLU, then an MLP of 64, 64. BenchMARL's own default CNN
+    to a pixel), conv 32 channels 4x4 stride 1, ReLU, then an MLP of 64, 64 (no LSTM: BenchMARL's CNN model is
+    feed-forward, where ours has one of 128). BenchMARL's own default CNN
     (3 x 32 channels, 3x3 stride 1 over every pixel, tanh) costs ~50 times more here: 1 env step/s."""
     from benchmarl.models import CnnConfig
 
@@ -126,6 +127,11 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --iterations must be at least 2 (the first is not timed), got {args.iterations}")
     if benchmarl is None:
         raise SystemExit("error: BenchMARL is not installed; `make peer` installs requirements-peer.txt")
+    from benchmarl.environments import MeltingPotTask
+
+    if args.substrate.upper() not in MeltingPotTask.__members__:
+        raise SystemExit(f"error: --substrate {args.substrate} is not one of BenchMARL {benchmarl.__version__}'s "
+                         f"Melting Pot tasks")
     utils.import_meltingpot()  # before TorchRL's wrapper imports it: the stand-in for TensorFlow
     sps, collection, training = measure(args)
     print(f"BenchMARL {benchmarl.__version__} MAPPO on {args.substrate}: {args.num_envs} envs x {args.num_steps} "
