@@ -1,0 +1,144 @@
+"""Where the time of mappo.py's two big parts goes: one PPO minibatch update, and one step of the vectorised env.
+
+    .venv/bin/python benchmarks/profile_parts.py
+
+1. update: mappo.py's Actor and Critic at the substrate's real sizes, one minibatch of the default schedule
+   (2 environments x all their players x 128 steps, episode starts inside), the forward pass, a PPO-like
+   loss, the backward pass and Adam's step, under torch's profiler on one thread: the top operators by
+   their own time, and the share of the update they take.
+2. env step: MeltingPotVecEnv with random actions, each step split into sending the actions, waiting for
+   and receiving the workers' results, and gathering them into arrays, beside one environment stepped in
+   this process (a worker's per-step work without pipes): what the lockstep round trip costs.
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import tyro
+from torch.distributions import Categorical
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import mappo  # noqa: E402
+import utils  # noqa: E402
+
+
+@dataclass
+class Args:
+    substrate: str = "pure_coordination_in_the_matrix__repeated"
+    """the Melting Pot substrate"""
+    num_envs: int = 8
+    """environments of the env-step measurement, as mappo.py's --num-envs"""
+    env_steps: int = 1000
+    """steps of the env-step measurement"""
+    updates: int = 10
+    """minibatch updates profiled (after 3 not profiled)"""
+    top: int = 8
+    """operators listed"""
+
+
+def profile_update(args):
+    """Top operators of a minibatch update by self CPU time: [(name, share of the update, calls)], ms per update."""
+    envs = utils.MeltingPotVecEnv(args.substrate, 1, seed=1, num_workers=1)
+    obs = envs.reset()
+    sizes = SimpleNamespace(rgb_shape=envs.rgb_shape, world_shape=envs.world_shape, vector_dim=envs.vector_dim,
+                            num_actions=envs.num_actions, num_players=envs.num_players)
+    envs.close()
+    torch.manual_seed(1)
+    settings = mappo.Args()
+    actor, critic = mappo.Actor(sizes, settings), mappo.Critic(sizes, settings)
+    optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=settings.learning_rate, eps=1e-5)
+    steps, num_envs = settings.num_steps, settings.num_envs // settings.num_minibatches
+    rows = num_envs * sizes.num_players
+    rgb = torch.randint(0, 256, (steps * rows, *sizes.rgb_shape), dtype=torch.uint8)
+    vector = torch.randn(steps * rows, sizes.vector_dim)
+    world = torch.randint(0, 256, (steps * num_envs, *sizes.world_shape), dtype=torch.uint8)
+    done = torch.zeros(steps * rows)
+    done[::50 * rows] = 1  # episode starts inside the sequences
+    action = torch.randint(0, sizes.num_actions, (steps * rows,))
+    state = actor.initial_state(rows, "cpu")
+
+    def update():
+        hidden, _ = actor.get_states(rgb, vector, state, done)
+        policy = Categorical(logits=actor.policy(hidden))
+        value = critic.get_value(world, rgb, vector)
+        loss = -policy.log_prob(action).mean() - 0.01 * policy.entropy().mean() + 0.5 * (value**2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        update()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            update()
+        seconds = time.perf_counter() - start
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
+    return [(e.key, e.self_cpu_time_total / total, e.count // args.updates) for e in top], seconds / args.updates * 1e3
+
+
+def profile_env_step(args):
+    """ms per step of the vectorised env split into send / wait and receive / gather; env steps/s of the
+    vectorised env and of one environment in this process."""
+    envs = utils.MeltingPotVecEnv(args.substrate, args.num_envs, seed=1)
+    rng = np.random.default_rng(1)
+    parts = dict(send=0.0, wait=0.0, gather=0.0)
+    try:
+        envs.reset()
+        bounds = np.cumsum([0, *envs.envs_per_worker])
+        start = time.perf_counter()
+        for _ in range(args.env_steps):
+            actions = rng.integers(0, envs.num_actions, size=(args.num_envs, envs.num_players))
+            t0 = time.perf_counter()
+            envs._send([("step", actions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+            t1 = time.perf_counter()
+            results = envs._receive()
+            t2 = time.perf_counter()
+            envs._gather(results)
+            parts["send"] += t1 - t0
+            parts["wait"] += t2 - t1
+            parts["gather"] += time.perf_counter() - t2
+        vectorised = args.env_steps * args.num_envs / (time.perf_counter() - start)
+        workers = len(envs.envs_per_worker)
+    finally:
+        envs.close()
+    random.seed(1)
+    env = utils._Substrate(args.substrate, downsample=True, max_episode_steps=None)
+    try:
+        env.reset()
+        start = time.perf_counter()
+        for _ in range(args.env_steps):
+            env.step(rng.integers(0, env.num_actions, size=env.num_players))
+        single = args.env_steps / (time.perf_counter() - start)
+    finally:
+        env.close()
+    return {k: v / args.env_steps * 1e3 for k, v in parts.items()}, vectorised, single, workers
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    utils.check_substrate(args.substrate)
+    torch.set_num_threads(1)
+    top, ms = profile_update(args)
+    print(f"update: {ms:.1f} ms per minibatch on 1 thread; operators by their own time:")
+    for name, share, calls in top:
+        print(f"  {share:6.1%}  {name} ({calls} calls)")
+    print(f"  {sum(share for _, share, _ in top):6.1%}  these {len(top)} together")
+    parts, vectorised, single, workers = profile_env_step(args)
+    step = sum(parts.values())
+    per_worker = args.num_envs / workers / single * 1e3  # ms a worker needs to step its share, at in-process speed
+    print(f"\nenv step ({args.num_envs} envs in {workers} workers): {step:.2f} ms = send {parts['send']:.2f} + wait "
+          f"and receive {parts['wait']:.2f} + gather {parts['gather']:.2f}; {vectorised:,.0f} env steps/s")
+    print(f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
+          f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
+          f"({vectorised / (workers * single):.2f} of {workers} x one process)")
