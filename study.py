@@ -350,6 +350,17 @@ def _init_quiet_worker():
     eval_scenarios._init_worker(False)
 
 
+def resolved(key):
+    """A cross-play cache key with every checkpoint path that exists resolved (realpath): OUT given relative or
+    absolute, or a key written earlier with paths relative to the same working directory, matches the same
+    pair (a mismatch re-plays it)."""
+    def resolve(path):
+        return os.path.realpath(path) if os.path.exists(path) else path
+
+    return {**key, "focal": [resolve(key["focal"][0]), key["focal"][1]],
+            "background": [[resolve(path), step] for path, step in key["background"]]}
+
+
 def crossplay(populations, backgrounds, args):
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
@@ -374,7 +385,7 @@ def crossplay(populations, backgrounds, args):
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
-                if cached["key"] == key and len(cached["episodes"]) >= args.num_episodes:
+                if resolved(cached["key"]) == resolved(key) and len(cached["episodes"]) >= args.num_episodes:
                     results[focal.name, name] = cached["episodes"][: args.num_episodes]
                     continue
             target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)

@@ -17,8 +17,8 @@ import torch
 
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population, held_out_mask, parse_method,
-                   run_status, statistics, summarise_method, summarise_reference, train_command, training_summary,
-                   write_outputs)
+                   crossplay, run_status, statistics, summarise_method, summarise_reference, train_command,
+                   training_summary, write_outputs)
 
 
 def test_methods_parse_with_labels_flags_and_one_line_errors():
@@ -251,3 +251,33 @@ def test_bad_input_gets_one_line_errors(tmp_path, flags, expected):
     result = run_script("study.py", "--out", "s", *flags, cwd=tmp_path, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert expected in result.stderr.strip().splitlines()[-1]
+
+
+def test_cached_pairs_match_whether_out_is_given_relative_or_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        os.makedirs(f"out/{run}")
+        torch.save({"global_step": 7}, f"out/{run}/checkpoint.pt")
+
+    def study(out):  # the two populations, each the other's background, as a call with this --out sees them
+        populations = [Population("m", seed, f"{out}/{run}/checkpoint.pt") for seed, run in ((1, "a"), (2, "b"))]
+        args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1)
+        return populations, {p.name: (p.checkpoint,) for p in populations}, args
+
+    populations, backgrounds, args = study("out")  # cached by an earlier call with a relative --out
+    os.makedirs("out/crossplay")
+    for focal in populations:
+        for name, paths in backgrounds.items():
+            key = {"focal": [focal.checkpoint, 7], "background": [[p, 7] for p in paths], "seed": 1, "num_focal": 1}
+            json.dump({"key": key, "episodes": [1.0, 2.0]}, open(f"out/crossplay/{focal.name}__vs__{name}.json", "w"))
+
+    def replay(*args, **kwargs):
+        raise AssertionError("a cached pair was played again")
+
+    monkeypatch.setattr("eval_scenarios.run_episodes", replay)
+    results = crossplay(*study(str(tmp_path / "out")))  # the same study, --out absolute
+    assert len(results) == 4 and all(episodes == [1.0, 2.0] for episodes in results.values())
+    # a checkpoint trained further since still makes its pairs stale
+    torch.save({"global_step": 8}, "out/a/checkpoint.pt")
+    with pytest.raises(AssertionError, match="played again"):
+        crossplay(*study(str(tmp_path / "out")))
