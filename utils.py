@@ -450,8 +450,10 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
             f"error: --resume {path} is a {checkpoint['algorithm']} checkpoint; "
             f"this script resumes only {algorithm} checkpoints"
         )
+    defaults = {f.name: f.default for f in fields(args)}
     for name in must_match:
-        saved, given = checkpoint["args"][name], getattr(args, name)
+        # a flag newer than the checkpoint: the run had the flag's default behaviour
+        saved, given = checkpoint["args"].get(name, defaults.get(name)), getattr(args, name)
         if saved != given:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")

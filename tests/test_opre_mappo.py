@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+import utils
 from conftest import run_script, spawned_workers
 from eval_scenarios import CheckpointPolicy
 from opre_mappo import (Actor, Args, OptionsPolicy, Posterior, layer_init, mixture_logp, options_kl, options_losses,
@@ -221,3 +222,12 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
 ])
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
     assert error_line(run_script("opre_mappo.py", *flags, cwd=tmp_path, check=False)) == expected
+
+
+def test_a_checkpoint_from_before_options_input_resumes_as_recurrent():
+    older = {"algorithm": "opre_mappo", "args": {"substrate": "coins", "num_options": 8}}  # no options_input saved
+    must_match = ("substrate", "num_options", "options_input")
+    utils.check_checkpoint(older, "old.pt", "opre_mappo", Args(substrate="coins"), must_match=must_match)
+    with pytest.raises(SystemExit, match=r"^error: --resume old.pt was trained with --options-input recurrent, not frame$"):
+        utils.check_checkpoint(older, "old.pt", "opre_mappo", Args(substrate="coins", options_input="frame"),
+                               must_match=must_match)
