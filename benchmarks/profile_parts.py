@@ -9,6 +9,9 @@
 2. env step: MeltingPotVecEnv with random actions, each step split into sending the actions, waiting for
    and receiving the workers' results, and gathering them into arrays, beside one environment stepped in
    this process (a worker's per-step work without pipes): what the lockstep round trip costs.
+3. acting: one forward pass of mappo.py's Actor (the per-step acting call) for several numbers of rows, on one
+   thread: whether acting costs by the row or by the call, which decides whether splitting the environments
+   into groups (to overlap stepping one with acting for another) can pay.
 """
 
 import os
@@ -44,13 +47,37 @@ class Args:
     """operators listed"""
 
 
-def profile_update(args):
+def actor_sizes(substrate):
+    """The sizes mappo.py's networks are built with, from one real environment."""
+    envs = utils.MeltingPotVecEnv(substrate, 1, seed=1, num_workers=1)
+    try:
+        envs.reset()
+        return SimpleNamespace(rgb_shape=envs.rgb_shape, world_shape=envs.world_shape, vector_dim=envs.vector_dim,
+                               num_actions=envs.num_actions, num_players=envs.num_players)
+    finally:
+        envs.close()
+
+
+def profile_acting(sizes, rows_list, calls):
+    """ms per acting call (Actor.get_action, no gradients) for each number of rows."""
+    torch.manual_seed(1)
+    actor = mappo.Actor(sizes, mappo.Args())
+    times = {}
+    for rows in rows_list:
+        rgb = torch.randint(0, 256, (rows, *sizes.rgb_shape), dtype=torch.uint8)
+        vector, done, state = torch.randn(rows, sizes.vector_dim), torch.zeros(rows), actor.initial_state(rows, "cpu")
+        with torch.no_grad():
+            for _ in range(20):
+                actor.get_action(rgb, vector, state, done)
+            start = time.perf_counter()
+            for _ in range(calls):
+                actor.get_action(rgb, vector, state, done)
+        times[rows] = (time.perf_counter() - start) / calls * 1e3
+    return times
+
+
+def profile_update(sizes, args):
     """Top operators of a minibatch update by self CPU time: [(name, share of the update, calls)], ms per update."""
-    envs = utils.MeltingPotVecEnv(args.substrate, 1, seed=1, num_workers=1)
-    obs = envs.reset()
-    sizes = SimpleNamespace(rgb_shape=envs.rgb_shape, world_shape=envs.world_shape, vector_dim=envs.vector_dim,
-                            num_actions=envs.num_actions, num_players=envs.num_players)
-    envs.close()
     torch.manual_seed(1)
     settings = mappo.Args()
     actor, critic = mappo.Actor(sizes, settings), mappo.Critic(sizes, settings)
@@ -129,7 +156,8 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
     torch.set_num_threads(1)
-    top, ms = profile_update(args)
+    sizes = actor_sizes(args.substrate)
+    top, ms = profile_update(sizes, args)
     print(f"update: {ms:.1f} ms per minibatch on 1 thread; operators by their own time:")
     for name, share, calls in top:
         print(f"  {share:6.1%}  {name} ({calls} calls)")
@@ -142,3 +170,7 @@ if __name__ == "__main__":
     print(f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
           f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
           f"({vectorised / (workers * single):.2f} of {workers} x one process)")
+    rows = args.num_envs * sizes.num_players
+    acting = profile_acting(sizes, [rows // 2, rows, 2 * rows], calls=400)
+    print(f"\nacting (one Actor.get_action call, 1 thread): "
+          + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items()))
