@@ -12,7 +12,8 @@
    round: at its default --torch-threads and with a thread per core (torch's own default).
 3. the peer, when BenchMARL is installed (`make peer`): benchmarks/peer_benchmarl.py, BenchMARL's MAPPO at the same
    envs, rollout length and PPO schedule, in a subprocess --repeats times; its row's time split is collection
-   (acting and env stepping) / training, and the last lines give mappo.py's speed and memory as ratios to it.
+   (acting and env stepping) / training, and the last lines give mappo.py's speed and memory as ratios to it,
+   at its defaults and with --no-downsample (an extra row: full-resolution inputs, as the peer's networks read).
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
 the raw environment and to mappo.py (a method's overhead), the peak memory (sum of PSS over the
 process and its workers) and the method's own state at the end of the run: the bytes of what its
@@ -222,6 +223,8 @@ if __name__ == "__main__":
     measured = [("mappo", []), ("mappo", ["--torch-threads", str(os.cpu_count() or 1)])] + [
         (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"]
     peer = args.peer and importlib.util.find_spec("benchmarl") is not None
+    if peer:  # beside the peer, mappo.py on the full-resolution views and frames the peer's networks read too
+        measured.append(("mappo", ["--no-downsample"]))
     raw_sps, players, raw_memory = raw_throughput(args)
     single_sps = single_process_throughput(args)
     runs = {i: [] for i in range(len(measured))}
@@ -271,3 +274,6 @@ if __name__ == "__main__":
         print(f"\npeer runs: {', '.join(f'{sps:,.1f}' for sps, _, _ in peer_runs)} env steps/s")
         print(f"mappo.py against BenchMARL's MAPPO: {mappo_sps / peer_sps:.1f} times its env steps/s, "
               f"{rows[1][2] / peer_memory:.2f} of its peak memory")
+        _, full_sps, full_memory, _, _ = rows[-1]  # mappo.py --no-downsample
+        print(f"mappo.py --no-downsample (full-resolution inputs, as the peer's) against it: "
+              f"{full_sps / peer_sps:.1f} times its env steps/s, {full_memory / peer_memory:.2f} of its peak memory")
