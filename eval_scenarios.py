@@ -9,7 +9,7 @@ import os
 import random
 import signal
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
@@ -97,7 +97,9 @@ class CheckpointPolicy:
         saved = checkpoint["args"]
         self.downsample = saved["downsample"]
         self.vector_keys, sizes = utils.actor_sizes(self.substrate, self.downsample)
-        self.actor = importlib.import_module(script).Actor(sizes, SimpleNamespace(**saved))  # the script's own network
+        module = importlib.import_module(script)
+        # the script's own network; a flag newer than the checkpoint takes its default, the behaviour the run had
+        self.actor = module.Actor(sizes, SimpleNamespace(**{**asdict(module.Args()), **saved}))
         self.actor.load_state_dict(checkpoint["actor"])
         self.actor.to(self.device).eval()
 

@@ -223,8 +223,7 @@ class Actor(nn.Module):
                 nn.init.constant_(param, 0)
             elif "weight" in name:
                 nn.init.orthogonal_(param, 1.0)
-        options_input = getattr(args, "options_input", "recurrent")  # checkpoints from before the flag: recurrent
-        self.policy = OptionsPolicy(args.hidden_size, envs.num_actions, args.num_options, options_input)
+        self.policy = OptionsPolicy(args.hidden_size, envs.num_actions, args.num_options, args.options_input)
 
     def initial_state(self, batch, device):
         return tuple(torch.zeros(1, batch, self.lstm.hidden_size, device=device) for _ in range(2))

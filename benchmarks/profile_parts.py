@@ -15,7 +15,6 @@
 """
 
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import mappo  # noqa: E402
 import utils  # noqa: E402
+from throughput import single_process_throughput  # noqa: E402 (benchmarks/, this script's own folder)
 
 
 @dataclass
@@ -139,16 +139,7 @@ def profile_env_step(args):
         workers = len(envs.envs_per_worker)
     finally:
         envs.close()
-    random.seed(1)
-    env = utils._Substrate(args.substrate, downsample=True, max_episode_steps=None)
-    try:
-        env.reset()
-        start = time.perf_counter()
-        for _ in range(args.env_steps):
-            env.step(rng.integers(0, env.num_actions, size=env.num_players))
-        single = args.env_steps / (time.perf_counter() - start)
-    finally:
-        env.close()
+    single = single_process_throughput(args.substrate, args.env_steps, seed=1)
     return {k: v / args.env_steps * 1e3 for k, v in parts.items()}, vectorised, single, workers
 
 

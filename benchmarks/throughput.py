@@ -130,18 +130,18 @@ def raw_throughput(args):
     return args.raw_steps * args.num_envs / seconds, envs.num_players, memory.stop()
 
 
-def single_process_throughput(args):
+def single_process_throughput(substrate, steps, seed):
     """One environment stepped in this process with uniformly random actions, doing a worker's per-step work
     (numpy observations, downsampling, resets): env steps/s of one core, no pipes."""
-    random.seed(args.seed)
-    env = utils._Substrate(args.substrate, downsample=True, max_episode_steps=None)
-    rng = np.random.default_rng(args.seed)
+    random.seed(seed)
+    env = utils._Substrate(substrate, downsample=True, max_episode_steps=None)
+    rng = np.random.default_rng(seed)
     try:
         env.reset()
-        start = time.time()
-        for _ in range(args.raw_steps):
+        start = time.perf_counter()
+        for _ in range(steps):
             env.step(rng.integers(0, env.num_actions, size=env.num_players))
-        return args.raw_steps / (time.time() - start)
+        return steps / (time.perf_counter() - start)
     finally:
         env.close()
 
@@ -226,7 +226,7 @@ if __name__ == "__main__":
     if peer:  # beside the peer, mappo.py on the full-resolution views and frames the peer's networks read too
         measured.append(("mappo", ["--no-downsample"]))
     raw_sps, players, raw_memory = raw_throughput(args)
-    single_sps = single_process_throughput(args)
+    single_sps = single_process_throughput(args.substrate, args.raw_steps, args.seed)
     runs = {i: [] for i in range(len(measured))}
     checkpoints, peer_runs = {}, []
     for _ in range(args.repeats):

@@ -211,6 +211,11 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
     policy = CheckpointPolicy(f"{run_dir}/checkpoint.pt")
     assert isinstance(policy.actor, Actor) and not hasattr(policy, "posterior")
     assert policy.actor.policy.options_input == "frame"
+    # a checkpoint saved before --options-input existed is evaluated as the recurrent heads it had
+    older = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    del older["args"]["options_input"]
+    torch.save(older, tmp_path / "older.pt")
+    assert CheckpointPolicy(str(tmp_path / "older.pt")).actor.policy.options_input == "recurrent"
     assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
                        ["actor"]["policy.prior.weight"])
 
