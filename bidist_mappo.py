@@ -560,20 +560,36 @@ def restart_from(phi, phi_optimizer, actor):
 @torch.no_grad()
 def distill_diagnostics(phi, window, sequences_per_minibatch):
     """How phi stands against the window: mean KL(pi_hist || pi_phi), the entropies of phi and of the
-    recorded theta policies, and how much each one's log-probabilities vary across the window's
-    observations (std over observations, mean over actions). phi_logp_ratio near 0 means phi ignores
-    its input: the degenerate collapse that its entropy alone does not show."""
+    recorded theta policies, how much each one's log-probabilities vary across observations (std over
+    observations, mean over actions) and each one's input dependence (mutual_information). phi_logp_ratio
+    near 0 means phi ignores its input: the degenerate collapse that its entropy alone does not show.
+
+    Spreads and input dependences are a policy's: each rollout of the window was acted by one theta, so
+    they are taken over one rollout's observations and averaged over the rollouts (phi's over the same
+    rows). Pooled over the whole window, theta's would also count its change from one iteration to the
+    next, which no function of the observation reproduces; phi_logp_ratio_pooled is that reading."""
     rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))
     seqs = torch.arange(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch)
-    phi_logp = torch.cat([unroll_phi(phi, rgb, vector, done, s).log_softmax(-1) for s in seqs])
-    theta_logp = torch.cat([hist_logits[:, s].flatten(0, 1).log_softmax(-1) for s in seqs])
-    phi_std, theta_std = phi_logp.std(dim=0).mean().item(), theta_logp.std(dim=0).mean().item()
+    phi_logits = torch.cat([unroll_phi(phi, rgb, vector, done, s).view(len(rgb), len(s), -1) for s in seqs], dim=1)
+    phi_logp = phi_logits.log_softmax(-1)
+    theta_logp = hist_logits.log_softmax(-1)  # (num_steps, sequences, num_actions), phi_logp's rows
+    rollouts = torch.arange(rgb.shape[1], device=rgb.device).split([rollout[0].shape[1] for rollout in window])
+
+    def per_policy(stat, logp):
+        return sum(stat(logp[:, r].flatten(0, 1)).item() for r in rollouts) / len(rollouts)
+
+    def logp_std(logp):
+        return logp.std(dim=0).mean()
+
+    phi_std, theta_std = per_policy(logp_std, phi_logp), per_policy(logp_std, theta_logp)
+    pooled = logp_std(phi_logp.flatten(0, 1)).item() / max(logp_std(theta_logp.flatten(0, 1)).item(), 1e-8)
     return {"kl": kl_divergence(theta_logp, phi_logp).mean().item(),
-            "phi_input_dependence": mutual_information(phi_logp).item(),
-            "theta_input_dependence": mutual_information(theta_logp).item(),
+            "phi_input_dependence": per_policy(mutual_information, phi_logp),
+            "theta_input_dependence": per_policy(mutual_information, theta_logp),
             "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
             "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
-            "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8)}
+            "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8),
+            "phi_logp_ratio_pooled": pooled}
 
 
 def describe_phase(phase):
@@ -825,7 +841,7 @@ if __name__ == "__main__":
                 writer.add_scalar("distill/kl_after", phase["kl"], global_step)
                 writer.add_scalar(f"distill/kl_after_{direction}", phase["kl"], global_step)
                 for key in ["phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
-                            "phi_input_dependence", "theta_input_dependence"]:
+                            "phi_logp_ratio_pooled", "phi_input_dependence", "theta_input_dependence"]:
                     writer.add_scalar(f"distill/{key}", phase[key], global_step)
                 print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
                       f"{describe_phase(phase)}", flush=True)

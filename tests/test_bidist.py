@@ -255,7 +255,7 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
     distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
     after = distill_diagnostics(phi, window, sequences_per_minibatch=3)
     assert set(after) == {"kl", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
-                          "phi_input_dependence", "theta_input_dependence"}
+                          "phi_logp_ratio_pooled", "phi_input_dependence", "theta_input_dependence"}
     assert after["phi_logp_ratio"] == pytest.approx(after["phi_logp_std"] / after["theta_logp_std"])
     if direction == "forward":
         assert after["kl"] < before["kl"]
@@ -297,6 +297,34 @@ def test_restart_from_copies_theta_into_phi_and_forgets_the_optimizer_moments():
         torch.testing.assert_close(a, b)
     assert len(optimizer.state) == 0
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(phi.parameters(), theta.parameters())), "a copy, not shared"
+
+
+def test_phi_logp_ratio_compares_phi_with_each_recorded_policy_not_with_the_windows_drift():
+    phi = make_actor(1)
+    # theta changed between two iterations but never depended on its observation: a constant distribution in
+    # each rollout. Per policy it has no spread and no input dependence; pooled, the change looks like both.
+    window = make_window(make_actor(0), rollouts=2)
+    for i, constant in enumerate([torch.arange(8.0), -torch.arange(8.0)]):
+        rgb, vector, done, logits = window[i]
+        window[i] = (rgb, vector, done, constant.expand_as(logits))
+    phase = distill_diagnostics(phi, window, sequences_per_minibatch=3)
+    assert phase["theta_logp_std"] == pytest.approx(0.0, abs=1e-6)
+    assert phase["theta_input_dependence"] == pytest.approx(0.0, abs=1e-6)
+    pooled = torch.cat([logits for *_, logits in window], dim=1).log_softmax(-1).flatten(0, 1).std(0).mean()
+    assert pooled > 1.0
+    # two input-dependent policies: the ratio of the mean per-rollout spreads, by hand
+    with torch.no_grad():
+        phi.policy.weight.mul_(20.0)  # as spread as make_window's sharpened theta
+    window = make_window(make_actor(0), rollouts=1) + make_window(make_actor(2), rollouts=1)
+    spreads = {"phi": [], "theta": []}
+    for rgb, vector, done, logits in window:
+        with torch.no_grad():
+            phi_logits = phi.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), phi.initial_state(4, "cpu"), done.flatten())[3]
+        spreads["phi"].append(phi_logits.log_softmax(-1).std(0).mean().item())
+        spreads["theta"].append(logits.flatten(0, 1).log_softmax(-1).std(0).mean().item())
+    phase = distill_diagnostics(phi, window, sequences_per_minibatch=3)
+    assert phase["phi_logp_std"] == pytest.approx(np.mean(spreads["phi"]), rel=1e-3)
+    assert phase["phi_logp_ratio"] == pytest.approx(np.mean(spreads["phi"]) / np.mean(spreads["theta"]), rel=1e-3)
 
 
 def test_distillation_resets_phi_at_the_stored_done_flags():
