@@ -245,6 +245,20 @@ TRAINING_COLUMNS = [  # (column, TensorBoard tag, statistic over the run)
 ]
 
 
+DEAD_PHASE_TAGS = ["distill/direction", "distill/phi_logp_ratio", "distill/phi_input_dependence",
+                   "distill/theta_input_dependence"]
+DEAD_PHASES_COLUMN = "reverse phases dead: ratio < 0.5 / input dependence < 0.4 of theta's"
+
+
+def dead_reverse_phases(scalars):
+    """(reverse phases, those ending with phi_logp_ratio below 0.5, those ending with phi's input dependence
+    below 0.4 of theta's) of one run: the phases after which phi is not a live policy (issue 8's bars)."""
+    by_step = [dict(zip(*scalars[tag])) for tag in DEAD_PHASE_TAGS]
+    reverse = [step for step, direction in by_step[0].items() if direction < 0 and all(step in x for x in by_step)]
+    ratio, phi, theta = by_step[1:]
+    return (len(reverse), sum(ratio[s] < 0.5 for s in reverse), sum(phi[s] < 0.4 * theta[s] for s in reverse))
+
+
 def run_scalars(run_dir, tags):
     """{tag: (steps, values)} of the tags a run's TensorBoard log holds."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -258,7 +272,7 @@ def run_scalars(run_dir, tags):
 def training_summary(runs):
     """Per method, the mean over its seeds (and the seeds' range) of each TRAINING_COLUMNS statistic,
     from the runs' own logs; a markdown table, or '' when no run has a log."""
-    tags = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)}
+    tags = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)} | set(DEAD_PHASE_TAGS)
     per_method = {}
     for run in runs:
         checkpoint = run.checkpoint()
@@ -280,14 +294,21 @@ def training_summary(runs):
                 row[column] = values.min()
             else:
                 row[column] = values[steps > 0.5 * last_step].mean() if (steps > 0.5 * last_step).any() else np.nan
+        if all(tag in scalars for tag in DEAD_PHASE_TAGS):
+            row[DEAD_PHASES_COLUMN] = dead_reverse_phases(scalars)
         per_method.setdefault(run.method.label, []).append(row)
     if not per_method:
         return ""
-    columns = [c for c, _, _ in TRAINING_COLUMNS if any(c in row for rows in per_method.values() for row in rows)]
+    columns = [c for c in [*(c for c, _, _ in TRAINING_COLUMNS), DEAD_PHASES_COLUMN]
+               if any(c in row for rows in per_method.values() for row in rows)]
     lines = ["| method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for method, rows in per_method.items():
         cells = []
         for column in columns:
+            if column == DEAD_PHASES_COLUMN:  # counted over all seeds
+                phases, low_ratio, low_dependence = np.sum([row.get(column, (0, 0, 0)) for row in rows], axis=0)
+                cells.append(f"{low_ratio} / {low_dependence} of {phases}" if phases else "-")
+                continue
             values = np.array([row.get(column, np.nan) for row in rows], dtype=float)
             values = values[~np.isnan(values)]
             cells.append("-" if not len(values) else f"{values.mean():.2f}" if len(values) == 1 else

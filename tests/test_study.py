@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
-from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population, held_out_mask, parse_method,
-                   crossplay, run_status, statistics, summarise_method, summarise_reference, train_command,
-                   training_summary, write_outputs)
+from study import (DEAD_PHASE_TAGS, DEAD_PHASES_COLUMN, RANDOM, UNTRAINED, Method, Population, Run, external_population,
+                   held_out_mask, parse_method, crossplay, run_status, statistics, summarise_method, summarise_reference,
+                   train_command, training_summary, write_outputs)
 
 
 def test_methods_parse_with_labels_flags_and_one_line_errors():
@@ -179,6 +179,29 @@ def test_training_table_reads_each_runs_log(tmp_path):
                                        "phi_logp_ratio, minimum", "KL after reverse, 2nd half |"]
     # return over the last 10% of steps: 3 and 6; final ratio 0.6 and 0.4; minimum 0.2 and 0.4; KL 1 and 2
     assert row == "| bidist | 2 | 4.50 (3.00 to 6.00) | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 1.50 (1.00 to 2.00) |"
+
+
+def test_training_table_counts_the_reverse_phases_that_left_phi_dead(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = []
+    # per phase: step, direction, phi_logp_ratio, phi's and theta's input dependence
+    phases = {1: [(100, 1, 0.3, 0.1, 0.5),    # forward, ratio low: not counted
+                  (200, -1, 0.4, 0.1, 0.5),   # reverse, dead by both measures
+                  (300, -1, 0.9, 0.3, 0.5)],  # reverse, live (0.3 >= 0.4 * 0.5)
+              2: [(200, -1, 0.6, 0.1, 0.5)]}  # reverse, dead by its input dependence only
+    for seed, logged in phases.items():
+        run = Run(Method("bidist", "bidist_mappo", ()), seed, str(tmp_path / f"bidist__seed{seed}"))
+        fake_checkpoint(f"{run.directory}/runs/x/checkpoint.pt", iteration=3)
+        writer = SummaryWriter(f"{run.directory}/runs/x")
+        for step, direction, ratio, phi, theta in logged:
+            for tag, value in zip(DEAD_PHASE_TAGS, (direction, ratio, phi, theta)):
+                writer.add_scalar(tag, value, step)
+        writer.close()
+        runs.append(run)
+    header, _, row = training_summary(runs).splitlines()
+    assert header.split(" | ")[-1] == DEAD_PHASES_COLUMN + " |"
+    assert row.split(" | ")[-1] == "1 / 2 of 3 |"
 
 
 @pytest.mark.slow
