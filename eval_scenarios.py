@@ -254,12 +254,16 @@ def _init_worker(with_tensorflow):
     utils.import_meltingpot(with_tensorflow=with_tensorflow)
 
 
-def run_episodes(jobs, num_workers, desc, initializer=_init_worker, initargs=(False,)):
+def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, initargs=(False,)):
     """Runs `run_episode(*arguments)` for every (label, arguments) of `jobs` in `num_workers` spawned
-    processes, with a progress bar, and yields (index of the job, result) as episodes finish. A failed
-    episode or a dead worker ends the program with one line naming the job's label."""
+    processes, with a progress bar, and calls `on_result(index of the job, result)` as episodes finish. A
+    failed episode or a dead worker ends the program with one line naming the job's label. Whatever ends
+    it early (a Ctrl-C, an error in `on_result`) cancels the episodes not yet started at once. (Not a
+    generator: one left suspended by its caller's exception would keep the pool playing every queued
+    episode until the interpreter's exit had waited for them all.)"""
     executor = concurrent.futures.ProcessPoolExecutor(
         num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs)
+    futures = {}
     try:
         with utils.sigint_ignored():  # submit spawns the workers
             futures = {executor.submit(run_episode, *arguments): i for i, (_, arguments) in enumerate(jobs)}
@@ -273,9 +277,11 @@ def run_episodes(jobs, num_workers, desc, initializer=_init_worker, initargs=(Fa
                 except Exception as e:
                     raise SystemExit(f"error: {label} failed: "
                                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-                yield futures[future], result
+                on_result(futures[future], result)
                 progress.update()
     finally:
+        for future in futures:  # shutdown(cancel_futures=True) alone left the pool playing them (test_eval)
+            future.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -407,10 +413,12 @@ if __name__ == "__main__":
             seed = episode_seed(args.seed, [target.name], episode)
             video = os.path.abspath(f"{args.video}/{target.name}.mp4") if args.video and episode == 0 else None
             jobs.append((f"{target.name} episode {episode}", (target, seed, args.checkpoint, args.device, video)))
+
+    def record(i, result):
+        results[targets[i // args.num_episodes]][i % args.num_episodes] = result
+
     try:
-        for i, result in run_episodes(jobs, num_workers, "evaluating", initargs=(with_tensorflow,)):
-            target, episode = targets[i // args.num_episodes], i % args.num_episodes
-            results[target][episode] = result
+        run_episodes(jobs, num_workers, "evaluating", record, initargs=(with_tensorflow,))
     except KeyboardInterrupt:
         raise SystemExit("interrupted: no results written") from None
 

@@ -423,15 +423,17 @@ def crossplay(populations, backgrounds, args):
             # from the two populations' names: adding a method leaves the other pairs' episodes as they were
             seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
             jobs.append((f"{focal.name} vs {name} episode {episode}", (target, seed, focal.checkpoint, "cpu")))
+
+    def record(i, result):
+        focal, name, key, cache, _ = todo[i // args.num_episodes]
+        pair = episodes[focal.name, name]
+        pair[i % args.num_episodes] = result["focal_per_capita_return"]
+        if all(r is not None for r in pair):
+            results[focal.name, name] = pair
+            utils.save_json(cache, {"key": key, "episodes": pair})
+
     try:
-        for i, result in eval_scenarios.run_episodes(jobs, num_workers, "cross-play", initializer=_init_quiet_worker,
-                                                     initargs=()):
-            focal, name, key, cache, _ = todo[i // args.num_episodes]
-            pair = episodes[focal.name, name]
-            pair[i % args.num_episodes] = result["focal_per_capita_return"]
-            if all(r is not None for r in pair):
-                results[focal.name, name] = pair
-                utils.save_json(cache, {"key": key, "episodes": pair})
+        eval_scenarios.run_episodes(jobs, num_workers, "cross-play", record, initializer=_init_quiet_worker, initargs=())
     except KeyboardInterrupt:
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
     return results

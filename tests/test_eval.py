@@ -295,3 +295,24 @@ def test_evaluation_workers_die_with_a_killed_parent(tmp_path):
     while spawned_workers() - before and time.time() < deadline:
         time.sleep(0.2)
     assert spawned_workers() - before == set(), "evaluation workers outlived their killed parent"
+
+
+def test_an_interrupt_cancels_the_episodes_not_yet_started():
+    # 100 episodes of uniformly random play for one worker (minutes); a Ctrl-C in the caller's handling of the
+    # first result must leave at most the episode in hand and the one queued behind it, not the other 98
+    target = Target(f"{SUBSTRATE}__background_1_focal", SUBSTRATE, (eval_scenarios.RANDOM_BACKGROUND,), 1)
+    jobs = [(f"episode {i}", (target, i, eval_scenarios.RANDOM_BACKGROUND, "cpu")) for i in range(100)]
+    results = []
+
+    def interrupt(i, result):
+        results.append(result)
+        raise KeyboardInterrupt
+
+    before = spawned_workers()
+    with pytest.raises(KeyboardInterrupt):
+        eval_scenarios.run_episodes(jobs, 1, "episodes", interrupt)
+    assert len(results) == 1 and math.isfinite(results[0]["focal_per_capita_return"])
+    deadline = time.time() + 60
+    while spawned_workers() - before and time.time() < deadline:
+        time.sleep(0.2)
+    assert spawned_workers() - before == set(), "the pool went on playing the episodes after the interrupt"
