@@ -2,7 +2,9 @@
 The return is the trained population's (every slot for mappo.py). For a bidist_mappo.py run it
 adds the return over all slots (both populations) and the distillation phases' KL, phi's entropy,
 phi_logp_ratio (mean and minimum over the phases in each bin) and the input dependence of phi and
-of theta (means over the phases).
+of theta (means over the phases), then run-wide lines over every phase: phi_logp_ratio, phi's input
+dependence over theta's and the KL after the phase, per direction, and how far each reverse phase ends
+above the forward residual before it.
 
     python benchmarks/learning_curve.py runs/<run_name> --bin-size 100000
 """
@@ -31,6 +33,29 @@ def series(events, tag):
 def in_bin_values(x, low, size):
     """The values of a (step, value) series logged in the bin (low, low + size]."""
     return x[(x[:, 0] > low) & (x[:, 0] <= low + size), 1]
+
+
+def phase_summary(direction, kl_after, ratio, phi_mi, theta_mi):
+    """Run-wide lines over the distillation phases, from (step, value) series logged once per phase."""
+    by_step = lambda x: dict(map(tuple, x))  # a resumed run logs a step twice: the later value wins
+    direction, kl_after, ratio = by_step(direction), by_step(kl_after), by_step(ratio)
+    phi_mi, theta_mi = by_step(phi_mi), by_step(theta_mi)
+    steps = sorted(direction)
+    spread = lambda v, d=2: f"{min(v):.{d}f} to {max(v):.{d}f} (mean {np.mean(v):.{d}f})" if v else "-"
+    lines = []
+    for sign, name in ((-1, "reverse"), (1, "forward")):
+        phases = [s for s in steps if direction[s] == sign]
+        r = [ratio[s] for s in phases if s in ratio]
+        k = [kl_after[s] for s in phases]
+        mi = [phi_mi[s] / theta_mi[s] for s in phases if theta_mi.get(s, 0) > 0 and s in phi_mi]
+        lines.append(f"{name} phases: {len(phases)}; phi_logp_ratio after {spread(r)}, below 0.5 in "
+                     f"{sum(v < 0.5 for v in r)}; input dependence phi / theta after {spread(mi)}; "
+                     f"KL after {spread(k, 3)}")
+    gaps = [kl_after[s] - kl_after[previous] for previous, s in zip(steps, steps[1:])
+            if direction[s] == -1 and direction[previous] == 1]
+    lines.append(f"reverse KL after minus the forward residual before it, over {len(gaps)} reverse phases: "
+                 f"{spread(gaps, 3)}")
+    return lines
 
 
 if __name__ == "__main__":
@@ -81,3 +106,6 @@ if __name__ == "__main__":
             row += (f" {within(phi_mi).mean():.3f} / {within(theta_mi).mean():.3f} |" if len(within(phi_mi))
                     else " - |")
         print(row)
+    if bidist:
+        print()
+        print("\n".join(phase_summary(direction, kl_after, ratio, phi_mi, theta_mi)))

@@ -1,4 +1,5 @@
-"""The optional peer benchmark: one-line errors, with or without BenchMARL installed."""
+"""Benchmark scripts: the optional peer benchmark's one-line errors, with or without BenchMARL installed, and
+learning_curve.py's run-wide phase summary against a hand computation."""
 import os
 import subprocess
 import sys
@@ -24,3 +25,37 @@ def test_peer_benchmark_bad_input_gets_one_line(tmp_path, flags, expected):
     result = subprocess.run([sys.executable, "-c", WITHOUT_BENCHMARL, PEER, *flags], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and result.stderr.strip() == expected
+
+
+LEARNING_CURVE = os.path.join(ROOT, "benchmarks", "learning_curve.py")
+
+
+def test_learning_curve_summarises_every_phase_by_direction(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(tmp_path))
+    for step in (10, 20, 30, 40):
+        for tag in ("charts/episodic_return", "charts/collective_return", "losses/entropy",
+                    "mixed/episodic_return_all"):
+            writer.add_scalar(tag, 1.0, step)
+    # (step, direction, KL after, ratio, input dependence of phi, of theta): a reverse phase first (no forward
+    # residual before it), then alternating; theta independent of its input at step 30 (no ratio to take)
+    for step, direction, kl, ratio, phi_mi, theta_mi in [(5, -1, 0.7, 1.0, 0.2, 0.1), (10, 1, 0.02, 0.9, 0.05, 0.1),
+                                                         (20, -1, 0.8, 1.5, 0.3, 0.1), (30, 1, 0.01, 0.4, 0.05, 0.0),
+                                                         (40, -1, 0.5, 2.0, 0.1, 0.1)]:
+        writer.add_scalar("distill/direction", direction, step)
+        writer.add_scalar("distill/kl_after", kl, step)
+        for tag, value in (("kl_before", 0.1), ("phi_entropy", 1.0), ("phi_logp_ratio", ratio),
+                           ("phi_input_dependence", phi_mi), ("theta_input_dependence", theta_mi)):
+            writer.add_scalar(f"distill/{tag}", value, step)
+    writer.close()
+    result = subprocess.run([sys.executable, LEARNING_CURVE, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-3:] == [
+        "reverse phases: 3; phi_logp_ratio after 1.00 to 2.00 (mean 1.50), below 0.5 in 0; "
+        "input dependence phi / theta after 1.00 to 3.00 (mean 2.00); KL after 0.500 to 0.800 (mean 0.667)",
+        "forward phases: 2; phi_logp_ratio after 0.40 to 0.90 (mean 0.65), below 0.5 in 1; "
+        "input dependence phi / theta after 0.50 to 0.50 (mean 0.50); KL after 0.010 to 0.020 (mean 0.015)",
+        # 0.8 - 0.02 and 0.5 - 0.01: the first reverse phase has no forward phase before it
+        "reverse KL after minus the forward residual before it, over 2 reverse phases: 0.490 to 0.780 (mean 0.635)",
+    ]
