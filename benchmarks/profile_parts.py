@@ -12,6 +12,10 @@
 3. acting: one forward pass of mappo.py's Actor (the per-step acting call) for several numbers of rows, on one
    thread: whether acting costs by the row or by the call, which decides whether splitting the environments
    into groups (to overlap stepping one with acting for another) can pay.
+4. overlap: a rollout's per-step loop (mappo.py's Actor acting, the vectorised env stepping), in lockstep as
+   the scripts run it, against each worker's environments as a group: the learner acts for one group while
+   the other steps (double-buffered sampling, as Sample Factory does; no policy lag). Env steps/s of each,
+   alternating runs on the same environments.
 """
 
 import os
@@ -45,6 +49,8 @@ class Args:
     """minibatch updates profiled (after 3 not profiled)"""
     top: int = 8
     """operators listed"""
+    overlap_repeats: int = 5
+    """alternating runs of each rollout loop in the overlap measurement (each of --env-steps steps)"""
 
 
 def actor_sizes(substrate):
@@ -143,6 +149,69 @@ def profile_env_step(args):
     return {k: v / args.env_steps * 1e3 for k, v in parts.items()}, vectorised, single, workers
 
 
+def lockstep_rollout(actor, envs, steps):
+    """Env steps/s of the scripts' rollout loop: act for every row, step every environment, repeat."""
+    as_tensors = lambda obs: (torch.tensor(obs["rgb"]), torch.tensor(obs["vector"]), torch.tensor(obs["world"]))
+    rgb, vector, _ = as_tensors(envs.reset())
+    state, done = actor.initial_state(len(rgb), "cpu"), torch.zeros(len(rgb))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            action, _, _, _, state = actor.get_action(rgb, vector, state, done)
+            obs, _, done, _ = envs.step(action.numpy())
+            (rgb, vector, _), done = as_tensors(obs), torch.tensor(done, dtype=torch.float32)
+    return steps * envs.num_envs / (time.perf_counter() - start)
+
+
+def overlapped_rollout(actor, envs, steps):
+    """Env steps/s with each worker's environments a group: the learner acts for one group while the others
+    step. Each group keeps its own rows and LSTM state; its results arrive from its own worker."""
+    obs, players = envs.reset(), envs.num_players
+    bounds = np.cumsum([0, *envs.envs_per_worker]) * players
+    groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    states = [actor.initial_state(g.stop - g.start, "cpu") for g in groups]
+    inputs = [(torch.tensor(obs["rgb"][g]), torch.tensor(obs["vector"][g]), torch.zeros(g.stop - g.start))
+              for g in groups]
+
+    def act_and_send(i):
+        action, _, _, _, states[i] = actor.get_action(*inputs[i][:2], states[i], inputs[i][2])
+        envs.remotes[i].send(("step", action.numpy().reshape(-1, players)))
+
+    def receive(i):
+        status, per_env = envs.remotes[i].recv()
+        assert status == "ok", per_env
+        torch.tensor(np.stack([r[2] for r in per_env]))  # the world frames, as the scripts keep them
+        inputs[i] = (torch.tensor(np.concatenate([r[0] for r in per_env])),
+                     torch.tensor(np.concatenate([r[1] for r in per_env])),
+                     torch.tensor(np.repeat([r[4] for r in per_env], players), dtype=torch.float32))
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(len(groups)):
+            act_and_send(i)
+        for _ in range(steps - 1):
+            for i in range(len(groups)):  # while group i steps, the learner serves the next group
+                receive(i)
+                act_and_send(i)
+        for i in range(len(groups)):
+            receive(i)
+    return steps * envs.num_envs / (time.perf_counter() - start)
+
+
+def profile_overlap(sizes, args):
+    """Env steps/s of a rollout loop in lockstep and overlapped, alternating, --overlap-repeats of each on the same
+    environments: medians, the number of groups, and every run's pair."""
+    torch.manual_seed(1)
+    actor = mappo.Actor(sizes, mappo.Args())
+    envs = utils.MeltingPotVecEnv(args.substrate, args.num_envs, seed=1)
+    try:
+        runs = [(lockstep_rollout(actor, envs, args.env_steps), overlapped_rollout(actor, envs, args.env_steps))
+                for _ in range(args.overlap_repeats)]
+        return *np.median(runs, axis=0), len(envs.envs_per_worker), runs
+    finally:
+        envs.close()
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
@@ -165,3 +234,8 @@ if __name__ == "__main__":
     acting = profile_acting(sizes, [rows // 2, rows, 2 * rows], calls=400)
     print(f"\nacting (one Actor.get_action call, 1 thread): "
           + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items()))
+    lockstep, overlapped, groups, runs = profile_overlap(sizes, args)
+    print(f"\nrollout loop (Actor acting on 1 thread + env step, {args.num_envs} envs), medians of {len(runs)} "
+          f"alternating runs: lockstep {lockstep:,.0f} env steps/s; {groups} groups overlapped (act for one while "
+          f"the other steps) {overlapped:,.0f} ({overlapped / lockstep:.2f} x lockstep; runs "
+          + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in runs) + ")")
