@@ -14,6 +14,9 @@
    envs, rollout length and PPO schedule, in a subprocess --repeats times; its row's time split is collection
    (acting and env stepping) / training, and the last lines give mappo.py's speed and memory as ratios to it,
    at its defaults and with --no-downsample (an extra row: full-resolution inputs, as the peer's networks read).
+4. --side-by-side: two mappo.py runs at once on the same machine, as a study's parallel runs are, first with
+   torch's own thread default (a thread per core) and then with the scripts' default --torch-threads: the
+   measurement behind that default.
 Prints env steps/s (one step = every player acts once), agent steps/s, the ratio of each row to
 the raw environment and to mappo.py (a method's overhead), the peak memory (sum of PSS over the
 process and its workers) and the method's own state at the end of the run: the bytes of what its
@@ -31,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -70,6 +74,10 @@ class Args:
     """measure BenchMARL's MAPPO too when it is installed (`make peer`); --no-peer skips it"""
     peer_iterations: int = 6
     """iterations of each peer measurement (the first not timed): the peer runs ~10 times slower"""
+    side_by_side: bool = False
+    """also run two mappo.py at once, with torch's thread default and with the scripts' (--side-by-side-iterations)"""
+    side_by_side_iterations: int = 10
+    """iterations of each of the two runs side by side (the contended pair can run at ~40 env steps/s)"""
 
 
 def process_tree_pss(pid: int) -> int:
@@ -192,6 +200,28 @@ def training_throughput(script, flags, args):
     return sps, peak, shares, checkpoint
 
 
+def side_by_side_throughput(flags, args):
+    """Env steps/s of two mappo.py runs with `flags` started together, each with the same seed and sizes."""
+    short = SimpleNamespace(**{**vars(args), "train_iterations": args.side_by_side_iterations})
+    results = [None, None]
+
+    def run(i):
+        try:
+            results[i] = training_throughput("mappo", flags, short)[0]
+        except SystemExit as failed:  # a thread does not pass it on: keep its one-line message
+            results[i] = failed
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, SystemExit):
+            raise result
+    return results
+
+
 def peer_throughput(args):
     """One run of benchmarks/peer_benchmarl.py: its env steps/s, peak memory and time split."""
     process = subprocess.Popen(
@@ -277,3 +307,10 @@ if __name__ == "__main__":
         _, full_sps, full_memory, _, _ = rows[-1]  # mappo.py --no-downsample
         print(f"mappo.py --no-downsample (full-resolution inputs, as the peer's) against it: "
               f"{full_sps / peer_sps:.1f} times its env steps/s, {full_memory / peer_memory:.2f} of its peak memory")
+    if args.side_by_side:
+        cores = os.cpu_count() or 1
+        print(f"\ntwo mappo.py runs side by side ({args.side_by_side_iterations} iterations each, {cores} cores):")
+        for name, flags in [(f"torch's thread default ({cores} each)", ["--torch-threads", str(cores)]),
+                            (f"the scripts' default ({utils.default_torch_threads(args.num_envs)} each)", [])]:
+            pair = side_by_side_throughput(flags, args)
+            print(f"  {name}: {pair[0]:,} + {pair[1]:,} = {sum(pair):,} env steps/s")
