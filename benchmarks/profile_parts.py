@@ -149,9 +149,13 @@ def profile_env_step(args):
     return {k: v / args.env_steps * 1e3 for k, v in parts.items()}, vectorised, single, workers
 
 
+def as_tensors(obs):
+    """The scripts' per-step conversion of the env's observations (the world frames too, as they keep them)."""
+    return torch.tensor(obs["rgb"]), torch.tensor(obs["vector"]), torch.tensor(obs["world"])
+
+
 def lockstep_rollout(actor, envs, steps):
     """Env steps/s of the scripts' rollout loop: act for every row, step every environment, repeat."""
-    as_tensors = lambda obs: (torch.tensor(obs["rgb"]), torch.tensor(obs["vector"]), torch.tensor(obs["world"]))
     rgb, vector, _ = as_tensors(envs.reset())
     state, done = actor.initial_state(len(rgb), "cpu"), torch.zeros(len(rgb))
     start = time.perf_counter()
@@ -180,10 +184,9 @@ def overlapped_rollout(actor, envs, steps):
     def receive(i):
         status, per_env = envs.remotes[i].recv()
         assert status == "ok", per_env
-        torch.tensor(np.stack([r[2] for r in per_env]))  # the world frames, as the scripts keep them
-        inputs[i] = (torch.tensor(np.concatenate([r[0] for r in per_env])),
-                     torch.tensor(np.concatenate([r[1] for r in per_env])),
-                     torch.tensor(np.repeat([r[4] for r in per_env], players), dtype=torch.float32))
+        per_env, obs = envs._gather([per_env])  # the vectorised env's own gathering, for this worker alone
+        rgb, vector, _ = as_tensors(obs)
+        inputs[i] = (rgb, vector, torch.tensor(np.repeat([r[4] for r in per_env], players), dtype=torch.float32))
 
     start = time.perf_counter()
     with torch.no_grad():

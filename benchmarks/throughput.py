@@ -33,8 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -202,7 +201,7 @@ def training_throughput(script, flags, args):
 
 def side_by_side_throughput(flags, args):
     """Env steps/s of two mappo.py runs with `flags` started together, each with the same seed and sizes."""
-    short = SimpleNamespace(**{**vars(args), "train_iterations": args.side_by_side_iterations})
+    short = replace(args, train_iterations=args.side_by_side_iterations)
     results = [None, None]
 
     def run(i):
