@@ -16,17 +16,25 @@
    the scripts run it, against each worker's environments as a group: the learner acts for one group while
    the other steps (double-buffered sampling, as Sample Factory does; no policy lag). Env steps/s of each,
    alternating runs on the same environments.
+5. reset: seconds of an episode's reset in one environment of this process (Melting Pot rebuilds the world), and of
+   building a fresh environment and resetting it (what `prepare_resets` does ahead of an episode's end).
+6. stride: the update of part 1 again with the 3x3 conv layer of every `conv_torso` at stride 1 instead of the
+   scripts' stride 2 (weights unchanged; the linear layer after it sized for the larger map): what stride 2 saves.
+
+Parts are chosen with --parts (default all): `--substrate clean_up --parts reset` for a 7-player substrate's resets.
 """
 
 import os
+import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import tyro
+from torch import nn
 from torch.distributions import Categorical
 from torch.profiler import ProfilerActivity, profile
 
@@ -51,6 +59,13 @@ class Args:
     """operators listed"""
     overlap_repeats: int = 5
     """alternating runs of each rollout loop in the overlap measurement (each of --env-steps steps)"""
+    resets: int = 5
+    """resets (and builds) timed in the reset measurement, after one untimed"""
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    """which measurements to run, of: update env acting overlap reset stride"""
+
+
+PARTS = ("update", "env", "acting", "overlap", "reset", "stride")
 
 
 def actor_sizes(substrate):
@@ -82,12 +97,27 @@ def profile_acting(sizes, rows_list, calls):
     return times
 
 
-def profile_update(sizes, args):
-    """Top operators of a minibatch update by self CPU time: [(name, share of the update, calls)], ms per update."""
+def stride_one(net):
+    """Sets the 3x3 conv layer of every conv_torso in `net` to stride 1 (the weights do not depend on the stride) and
+    replaces the linear layer after it by a lazy one, sized at the first forward pass for the larger map."""
+    for torso in net.modules():
+        if isinstance(torso, nn.Sequential) and any(isinstance(m, nn.Flatten) for m in torso):
+            conv = next(m for m in torso if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+            conv.stride = (1, 1)
+            i = next(i for i, m in enumerate(torso) if isinstance(m, nn.Linear))
+            torso[i] = nn.LazyLinear(torso[i].out_features)
+    return net
+
+
+def minibatch_update(sizes, stride_one_convs=False):
+    """One minibatch update of the default schedule at the substrate's real sizes (2 environments x all their
+    players x 128 steps, episode starts inside): the forward pass, a PPO-like loss, backward and Adam's step."""
     torch.manual_seed(1)
     settings = mappo.Args()
     actor, critic = mappo.Actor(sizes, settings), mappo.Critic(sizes, settings)
-    optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=settings.learning_rate, eps=1e-5)
+    if stride_one_convs:
+        stride_one(actor)
+        stride_one(critic)
     steps, num_envs = settings.num_steps, settings.num_envs // settings.num_minibatches
     rows = num_envs * sizes.num_players
     rgb = torch.randint(0, 256, (steps * rows, *sizes.rgb_shape), dtype=torch.uint8)
@@ -97,6 +127,10 @@ def profile_update(sizes, args):
     done[::50 * rows] = 1  # episode starts inside the sequences
     action = torch.randint(0, sizes.num_actions, (steps * rows,))
     state = actor.initial_state(rows, "cpu")
+    with torch.no_grad():  # sizes any lazy layer before the optimiser sees the parameters
+        actor.get_states(rgb[:rows], vector[:rows], state, done[:rows])
+        critic.get_value(world[:num_envs], rgb[:rows], vector[:rows])
+    optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=settings.learning_rate, eps=1e-5)
 
     def update():
         hidden, _ = actor.get_states(rgb, vector, state, done)
@@ -107,17 +141,57 @@ def profile_update(sizes, args):
         loss.backward()
         optimizer.step()
 
+    return update
+
+
+def time_update(update, count, warmup=3):
+    """ms per call of `update`, after `warmup` calls not timed."""
+    for _ in range(warmup):
+        update()
+    start = time.perf_counter()
+    for _ in range(count):
+        update()
+    return (time.perf_counter() - start) / count * 1e3
+
+
+def profile_update(sizes, args):
+    """Top operators of a minibatch update by self CPU time: [(name, share of the update, calls)], ms per update."""
+    update = minibatch_update(sizes)
     for _ in range(3):
         update()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        start = time.perf_counter()
-        for _ in range(args.updates):
-            update()
-        seconds = time.perf_counter() - start
+        ms = time_update(update, args.updates, warmup=0)
     events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
-    return [(e.key, e.self_cpu_time_total / total, e.count // args.updates) for e in top], seconds / args.updates * 1e3
+    return [(e.key, e.self_cpu_time_total / total, e.count // args.updates) for e in top], ms
+
+
+def profile_stride(sizes, args):
+    """ms per minibatch update with the scripts' stride-2 conv layers and with stride 1, alternating, medians."""
+    stride_two, stride_one_ = minibatch_update(sizes), minibatch_update(sizes, stride_one_convs=True)
+    runs = [(time_update(stride_two, args.updates), time_update(stride_one_, args.updates)) for _ in range(3)]
+    return np.median(runs, axis=0)
+
+
+def profile_reset(args):
+    """Median seconds of a reset of one environment in this process, and of building a new one and resetting it."""
+    random.seed(1)
+    env = utils._Substrate(args.substrate, downsample=True, max_episode_steps=None)
+    resets, builds = [], []
+    try:
+        for i in range(args.resets + 1):
+            start = time.perf_counter()
+            env.reset()
+            resets.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            env.prepare()
+            builds.append(time.perf_counter() - start)
+            env.spare[0].close()
+            env.spare = None
+    finally:
+        env.close()
+    return np.median(resets[1:]), np.median(builds[1:])
 
 
 def profile_env_step(args):
@@ -218,27 +292,42 @@ def profile_overlap(sizes, args):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"--parts: unknown {' '.join(unknown)}; valid parts: {' '.join(PARTS)}")
     torch.set_num_threads(1)
     sizes = actor_sizes(args.substrate)
-    top, ms = profile_update(sizes, args)
-    print(f"update: {ms:.1f} ms per minibatch on 1 thread; operators by their own time:")
-    for name, share, calls in top:
-        print(f"  {share:6.1%}  {name} ({calls} calls)")
-    print(f"  {sum(share for _, share, _ in top):6.1%}  these {len(top)} together")
-    parts, vectorised, single, workers = profile_env_step(args)
-    step = sum(parts.values())
-    per_worker = args.num_envs / workers / single * 1e3  # ms a worker needs to step its share, at in-process speed
-    print(f"\nenv step ({args.num_envs} envs in {workers} workers): {step:.2f} ms = send {parts['send']:.2f} + wait "
-          f"and receive {parts['wait']:.2f} + gather {parts['gather']:.2f}; {vectorised:,.0f} env steps/s")
-    print(f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
-          f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
-          f"({vectorised / (workers * single):.2f} of {workers} x one process)")
-    rows = args.num_envs * sizes.num_players
-    acting = profile_acting(sizes, [rows // 2, rows, 2 * rows], calls=400)
-    print(f"\nacting (one Actor.get_action call, 1 thread): "
-          + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items()))
-    lockstep, overlapped, groups, runs = profile_overlap(sizes, args)
-    print(f"\nrollout loop (Actor acting on 1 thread + env step, {args.num_envs} envs), medians of {len(runs)} "
-          f"alternating runs: lockstep {lockstep:,.0f} env steps/s; {groups} groups overlapped (act for one while "
-          f"the other steps) {overlapped:,.0f} ({overlapped / lockstep:.2f} x lockstep; runs "
-          + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in runs) + ")")
+    if "update" in args.parts:
+        top, ms = profile_update(sizes, args)
+        print(f"update: {ms:.1f} ms per minibatch on 1 thread; operators by their own time:")
+        for name, share, calls in top:
+            print(f"  {share:6.1%}  {name} ({calls} calls)")
+        print(f"  {sum(share for _, share, _ in top):6.1%}  these {len(top)} together")
+    if "env" in args.parts:
+        parts, vectorised, single, workers = profile_env_step(args)
+        step = sum(parts.values())
+        per_worker = args.num_envs / workers / single * 1e3  # ms a worker needs to step its share, at in-process speed
+        print(f"\nenv step ({args.num_envs} envs in {workers} workers): {step:.2f} ms = send {parts['send']:.2f} + "
+              f"wait and receive {parts['wait']:.2f} + gather {parts['gather']:.2f}; {vectorised:,.0f} env steps/s")
+        print(f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
+              f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
+              f"({vectorised / (workers * single):.2f} of {workers} x one process)")
+    if "acting" in args.parts:
+        rows = args.num_envs * sizes.num_players
+        acting = profile_acting(sizes, [rows // 2, rows, 2 * rows], calls=400)
+        print(f"\nacting (one Actor.get_action call, 1 thread): "
+              + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items()))
+    if "overlap" in args.parts:
+        lockstep, overlapped, groups, runs = profile_overlap(sizes, args)
+        print(f"\nrollout loop (Actor acting on 1 thread + env step, {args.num_envs} envs), medians of {len(runs)} "
+              f"alternating runs: lockstep {lockstep:,.0f} env steps/s; {groups} groups overlapped (act for one while "
+              f"the other steps) {overlapped:,.0f} ({overlapped / lockstep:.2f} x lockstep; runs "
+              + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in runs) + ")")
+    if "reset" in args.parts:
+        reset, build = profile_reset(args)
+        print(f"\nreset ({args.substrate}, one environment in this process, medians of {args.resets}): an episode's "
+              f"reset {reset:.3f} s; building a new environment and resetting it (prepare_resets) {build:.3f} s")
+    if "stride" in args.parts:
+        two, one = profile_stride(sizes, args)
+        print(f"\nconv stride (one minibatch update on 1 thread, medians of 3 alternating runs of {args.updates}): "
+              f"3x3 conv at stride 2 (the scripts') {two:.1f} ms, at stride 1 {one:.1f} ms ({one / two:.2f} x)")

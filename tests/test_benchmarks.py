@@ -1,5 +1,5 @@
-"""Benchmark scripts: the optional peer benchmark's one-line errors, with or without BenchMARL installed, and
-learning_curve.py's run-wide phase summary against a hand computation."""
+"""Benchmark scripts: the optional peer benchmark's one-line errors, with or without BenchMARL installed,
+learning_curve.py's run-wide phase summary against a hand computation, and profile_parts.py's stride-1 networks."""
 import os
 import subprocess
 import sys
@@ -59,3 +59,26 @@ def test_learning_curve_summarises_every_phase_by_direction(tmp_path):
         # 0.8 - 0.02 and 0.5 - 0.01: the first reverse phase has no forward phase before it
         "reverse KL after minus the forward residual before it, over 2 reverse phases: 0.490 to 0.780 (mean 0.635)",
     ]
+
+
+def test_stride_one_keeps_weights_and_reads_the_full_map():
+    """profile_parts.py's stride measurement: the 3x3 conv of every torso goes to stride 1 with the same weights, and
+    the linear layer after it grows to the full map (11x11 cells: 32 x 11 x 11 inputs instead of 32 x 6 x 6)."""
+    from types import SimpleNamespace
+
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import mappo
+    from profile_parts import stride_one
+    sizes = SimpleNamespace(rgb_shape=(11, 11, 3), world_shape=(16, 24, 3), vector_dim=2, num_actions=8,
+                            num_players=2)
+    critic = mappo.Critic(sizes, mappo.Args())
+    conv = critic.obs_cnn[2]
+    weight = conv.weight.detach().clone()
+    assert conv.stride == (2, 2) and critic.obs_cnn[5].in_features == 32 * 6 * 6
+    stride_one(critic)
+    value = critic.get_value(torch.zeros(3, 16, 24, 3, dtype=torch.uint8), torch.zeros(6, 11, 11, 3, dtype=torch.uint8),
+                             torch.zeros(6, 2))
+    assert value.shape == (6,)
+    assert critic.obs_cnn[2] is conv and conv.stride == (1, 1) and torch.equal(conv.weight, weight)
+    assert critic.obs_cnn[5].in_features == 32 * 11 * 11 and critic.world_cnn[5].in_features == 32 * 16 * 24
