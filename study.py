@@ -148,8 +148,8 @@ def train_command(run, args, status, workers):
 
 def thread_env(threads):
     """The environment of a training subprocess: `threads` torch/BLAS threads, so that parallel runs
-    do not fight for the cores (two default runs side by side on 2 cores: 117 + 36 env steps/s;
-    with one thread each: 282 + 329)."""
+    do not fight for the cores (two mappo.py runs side by side on 2 cores, `benchmarks/throughput.py
+    --side-by-side`: 82 + 81 env steps/s with torch's default threads, 472 + 490 with one thread each)."""
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)

@@ -253,8 +253,8 @@ def num_env_workers(num_envs: int, num_workers: Optional[int] = None) -> int:
 
 def default_torch_threads(num_envs: int, num_workers: Optional[int] = None) -> int:
     """torch threads that do not fight the environment workers for the cores: the cores the workers leave,
-    at least 1 (two mappo.py runs side by side on 2 cores with torch's default threads made 117 + 36 env
-    steps/s; with one thread each, 282 + 329)."""
+    at least 1 (two mappo.py runs side by side on 2 cores, `benchmarks/throughput.py --side-by-side`: 82 + 81
+    env steps/s with torch's default threads, 472 + 490 with one thread each)."""
     return max(1, (os.cpu_count() or 1) - num_env_workers(num_envs, num_workers))
 
 
