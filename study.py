@@ -451,11 +451,13 @@ def held_out_mask(own, background):
     return background[..., None, :] != own[..., :, None]
 
 
-def summarise_method(episodes, rows, own, samples, rng):
+def summarise_method(episodes, rows, own, samples, rng, columns=None):
     """Point estimates and 95% percentile-bootstrap intervals for one method.
 
     `episodes` (focal, trained background, episode) holds the focal returns of every pair's episodes, `rows`
-    the focal rows of this method and `own[r]` the column of row r's own run. Each bootstrap sample redraws,
+    the focal rows of this method and `own[r]` the column of row r's own run; `columns`, the backgrounds
+    met (default: every trained population; one method's runs for its held-out return beside that method
+    alone; self-play is the own runs' whichever columns are met). Each bootstrap sample redraws,
     with replacement, the method's focal seeds and the background populations (stratified: the two are drawn
     separately, as rliable stratifies by task), then the episodes of every pair drawn (hierarchical: a pair's
     mean over a few episodes is itself uncertain; one episode's return varies by about 0.3 to 0.6 on the
@@ -463,9 +465,9 @@ def summarise_method(episodes, rows, own, samples, rng):
     same draw gives the self-play mean and the gap, so the three intervals agree."""
     rows, own = np.asarray(rows), np.asarray(own)
     matrix, n = episodes.mean(-1), episodes.shape[-1]
-    columns = np.arange(matrix.shape[1])
+    columns = np.arange(matrix.shape[1]) if columns is None else np.asarray(columns)
     held = held_out_mask(own[rows], columns)
-    estimate = {"self_play": matrix[rows, own[rows]].mean(), "held_out": matrix[rows][held].mean()}
+    estimate = {"self_play": matrix[rows, own[rows]].mean(), "held_out": matrix[np.ix_(rows, columns)][held].mean()}
     estimate["gap"] = estimate["self_play"] - estimate["held_out"]
     focal = rng.choice(rows, size=(samples, len(rows)))
     background = rng.choice(columns, size=(samples, len(columns)))
@@ -503,6 +505,11 @@ def statistics(populations, results, args):
         entry = {"focal_seeds": len(rows)}
         if len(populations) > 1:
             entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng))
+        if len(methods) > 1:  # held-out beside each method's runs alone (its own method: its other seeds)
+            entry["held_out_by_method"] = {
+                other: summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng,
+                                        columns=[i for i, p in enumerate(populations) if p.method == other])["held_out"]
+                for other in methods if other != method or len(rows) > 1}
         for reference in (RANDOM, UNTRAINED):
             if (names[rows[0]], reference) in results:
                 entry[reference] = summarise_reference([results[names[r], reference] for r in rows],
@@ -536,6 +543,16 @@ def markdown_table(summary, args):
     return "\n".join(lines)
 
 
+def markdown_by_method(summary):
+    """Focal method rows x background method columns: the held-out return beside that method's runs alone."""
+    methods = list(summary)
+    lines = ["| focal / background | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for method, s in summary.items():
+        by_method = s.get("held_out_by_method", {})
+        lines.append(f"| {method} | " + " | ".join(interval(by_method.get(other)) for other in methods) + " |")
+    return "\n".join(lines)
+
+
 def write_outputs(populations, backgrounds, results, matrix, summary, args):
     """OUT/results.md (the table), crossplay.csv (one row per pair), crossplay.json (matrix, summary,
     every episode), crossplay_heatmap.png and methods.png. Returns the table."""
@@ -547,6 +564,10 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
         f.write(f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
                 f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
                 f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n{table}\n")
+        if len(summary) > 1:
+            f.write(f"\n## Held-out by background method\n\nThe focal method's return beside one method's "
+                    f"runs alone (beside its own method: its other seeds, never its own run)\n\n"
+                    f"{markdown_by_method(summary)}\n")
     rows = []
     for focal in populations:
         for name in backgrounds:
@@ -799,6 +820,8 @@ if __name__ == "__main__":
     matrix, summary = statistics(populations, results, args)
     table = write_outputs(populations, backgrounds, results, matrix, summary, args)
     print(f"\n{table}\n")
+    if len(summary) > 1:
+        print(f"held-out by background method:\n{markdown_by_method(summary)}\n")
     if args.policy_space:
         policy_space(populations, args)
     print(f"written to {args.out}/: results.md, crossplay.csv, crossplay.json, crossplay_heatmap.png, methods.png"

@@ -145,6 +145,15 @@ def test_table_matrix_and_plots_are_written(tmp_path):
     assert mappo["held_out"][0] == pytest.approx(held) and mappo["held_out"][1] <= held <= mappo["held_out"][2]
     assert mappo["held_out_normalised"][0] == pytest.approx(held / 4)
     assert f"| mappo | 2 | {mappo['self_play'][0]:.2f} [" in table and table in open(tmp_path / "results.md").read()
+    # held-out beside one method's runs alone: mappo beside bidist's two runs, and beside mappo's other seed
+    beside = {"bidist": [(f, b) for f in ("mappo__seed1", "mappo__seed2") for b in ("bidist__seed1", "bidist__seed2")],
+              "mappo": [("mappo__seed1", "mappo__seed2"), ("mappo__seed2", "mappo__seed1")]}
+    for other, pairs in beside.items():
+        estimate, low, high = mappo["held_out_by_method"][other]
+        assert estimate == pytest.approx(np.mean([np.mean(results[pair]) for pair in pairs])) and low <= estimate <= high
+    by_method = open(tmp_path / "results.md").read().split("## Held-out by background method")[1]
+    assert "| focal / background | mappo | bidist |" in by_method
+    assert f"| mappo | {mappo['held_out_by_method']['mappo'][0]:.2f} [" in by_method
 
     csv = pd.read_csv(tmp_path / "crossplay.csv")
     assert len(csv) == 4 * 6
