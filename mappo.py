@@ -135,7 +135,8 @@ def conv_torso(frame_shape, sprite, out_size):
     """Conv net over an RGB frame. On downsampled frames (sprite=1) the first layer embeds each
     cell; on full-resolution frames (sprite=8) it is the 8x8/stride-8 layer of Melting Pot's
     reference agents, so both see one feature vector per grid cell. The 3x3 layer has stride
-    2: it still covers every cell and makes the PPO update 2.6x cheaper than stride 1."""
+    2: it still covers every cell and makes the PPO update about 2.4x cheaper than stride 1
+    (`benchmarks/profile_parts.py --parts stride`)."""
     h, w = (frame_shape[0] // sprite + 1) // 2, (frame_shape[1] // sprite + 1) // 2
     return nn.Sequential(
         layer_init(nn.Conv2d(3, 16, kernel_size=sprite, stride=sprite)),
