@@ -61,13 +61,13 @@ def test_learning_curve_summarises_every_phase_by_direction(tmp_path):
     ]
 
 
-def test_stride_one_keeps_weights_and_reads_the_full_map():
+def test_stride_one_keeps_weights_and_reads_the_full_map(monkeypatch):
     """profile_parts.py's stride measurement: the 3x3 conv of every torso goes to stride 1 with the same weights, and
     the linear layer after it grows to the full map (11x11 cells: 32 x 11 x 11 inputs instead of 32 x 6 x 6)."""
     from types import SimpleNamespace
 
     import torch
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # profile_parts imports its neighbour
     import mappo
     from profile_parts import stride_one
     sizes = SimpleNamespace(rgb_shape=(11, 11, 3), world_shape=(16, 24, 3), vector_dim=2, num_actions=8,
