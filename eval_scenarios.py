@@ -98,9 +98,13 @@ class CheckpointPolicy:
         self.downsample = saved["downsample"]
         self.vector_keys, sizes = utils.actor_sizes(self.substrate, self.downsample)
         module = importlib.import_module(script)
-        # the script's own network; a flag newer than the checkpoint takes its default, the behaviour the run had
-        self.actor = module.Actor(sizes, SimpleNamespace(**{**asdict(module.Args()), **saved}))
-        self.actor.load_state_dict(checkpoint["actor"])
+        try:  # the script's own network; a flag newer than the checkpoint takes its default, the behaviour the run had
+            self.actor = module.Actor(sizes, SimpleNamespace(**{**asdict(module.Args()), **saved}))
+            self.actor.load_state_dict(checkpoint["actor"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0][:200]
+            raise SystemExit(f"error: {flag} {path}: its actor does not fit {script}.py's network on "
+                             f"{self.substrate} ({reason})") from None
         self.actor.to(self.device).eval()
 
     def initial_state(self):

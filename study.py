@@ -2,6 +2,7 @@
 # focal player beside every population it never met, with confidence intervals, tables and plots.
 # Protocol and a measured study: README.md, "Generalisation study"
 import glob
+import hashlib
 import json
 import os
 import shlex
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
@@ -69,6 +71,14 @@ class Args:
     """draw the policy-space picture from the runs' snapshots (--no-policy-space: skip it)"""
     train_only: bool = False
     """stop after training"""
+    results: Optional[str] = None
+    """a folder to commit (e.g. results/NAME) that the study exports to as it goes and reads back: each
+    finished run's population (actor-only, float16) and its training log binned over env steps, as soon as
+    the run finishes; every cross-play episode; the tables and plots. A run or pair found there is not
+    trained or played again, so a later call on another machine adds only what is new"""
+    from_results: Optional[str] = None
+    """regenerate the tables and plots of a study exported with --results from that folder alone: no
+    training, no episode played (every other flag is read from its study.json)"""
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def run_status(run, total_timesteps):
     path = run.checkpoint()
     if path is None:
         return "new"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = utils.read_file(path, f"the checkpoint of {run.name}:")
     saved = checkpoint["args"]
     iterations = total_timesteps // (saved["num_envs"] * saved["num_steps"])
     return "done" if checkpoint["iteration"] >= iterations else "resume"
@@ -168,7 +178,8 @@ def last_progress(log_path):
 
 
 def train_all(runs, args):
-    """Trains every run that is not done, `parallel` at a time; returns when all are done. A failed
+    """Trains every run that is not done, `parallel` at a time; returns when all are done. A run exported
+    to --results is done; any other finished run is exported there as soon as it finishes. A failed
     run ends the study with one line naming it and its log, after the others finish."""
     cores = os.cpu_count() or 1
     parallel = args.parallel or cores
@@ -176,8 +187,13 @@ def train_all(runs, args):
     pending = []
     for run in runs:
         status = run_status(run, args.total_timesteps)
+        if exported_population(run, args) and status != "done":
+            print(f"{run.name}: finished, in {args.results}, not retrained")
+            continue
         if status == "done":
             print(f"{run.name}: finished, not retrained ({run.checkpoint()})")
+            if args.results and not exported_population(run, args):
+                export_run(run, args)
         else:
             if status == "new":  # a run killed before its first checkpoint starts over
                 shutil.rmtree(f"{run.directory}/runs", ignore_errors=True)
@@ -209,6 +225,8 @@ def train_all(runs, args):
                 del running[name]
                 if process.returncode == 0:
                     print(f"{name}: finished", flush=True)
+                    if args.results:
+                        export_run(run, args)
                 else:
                     failed.append(run)
                     print(f"{name}: FAILED (exit code {process.returncode}), see {run.directory}/train.log", flush=True)
@@ -259,43 +277,58 @@ def dead_reverse_phases(scalars):
     return (len(reverse), sum(ratio[s] < 0.5 for s in reverse), sum(phi[s] < 0.4 * theta[s] for s in reverse))
 
 
-def run_scalars(run_dir, tags):
-    """{tag: (steps, values)} of the tags a run's TensorBoard log holds."""
+def run_scalars(run_dir, tags=None):
+    """{tag: (steps, values)} of the tags (default: all) a run's TensorBoard log holds."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
     found = set(events.Tags()["scalars"])
-    return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag)]).T for tag in tags if tag in found}
+    return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag)]).reshape(-1, 2).T
+            for tag in (sorted(found) if tags is None else tags) if tag in found}
 
 
-def training_summary(runs):
+def training_row(scalars):
+    """One run's TRAINING_COLUMNS statistics (and its dead reverse phases) from its {tag: (steps, values)}."""
+    last_step = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
+    row = {}
+    for column, tag, statistic in TRAINING_COLUMNS:
+        tag = next((t for t in ((tag,) if isinstance(tag, str) else tag) if t in scalars), None)
+        if tag is None or not len(scalars[tag][0]):
+            continue
+        steps, values = scalars[tag]
+        if statistic == "last":
+            row[column] = values[steps > 0.9 * last_step].mean() if (steps > 0.9 * last_step).any() else np.nan
+        elif statistic == "final":
+            row[column] = values[np.argmax(steps)]
+        elif statistic == "min":
+            row[column] = values.min()
+        else:
+            row[column] = values[steps > 0.5 * last_step].mean() if (steps > 0.5 * last_step).any() else np.nan
+    if all(tag in scalars for tag in DEAD_PHASE_TAGS):
+        row[DEAD_PHASES_COLUMN] = dead_reverse_phases(scalars)
+    return row
+
+
+TRAINING_TAGS = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)} | set(DEAD_PHASE_TAGS)
+
+
+def training_summary(runs, results=None):
     """Per method, the mean over its seeds (and the seeds' range) of each TRAINING_COLUMNS statistic,
-    from the runs' own logs; a markdown table, or '' when no run has a log."""
-    tags = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)} | set(DEAD_PHASE_TAGS)
+    from the runs' own logs, or for a run known only from its export in `results`, from the statistics
+    exported with it; a markdown table, or '' when no run has either."""
     per_method = {}
     for run in runs:
         checkpoint = run.checkpoint()
-        if checkpoint is None:
+        exported = results and f"{results}/runs/{run.name}/summary.json"
+        if checkpoint is not None:
+            row = training_row(run_scalars(os.path.dirname(checkpoint), TRAINING_TAGS))
+        elif exported and os.path.exists(exported):
+            with open(exported) as f:
+                row = {k: np.nan if v is None else tuple(v) if isinstance(v, list) else v
+                       for k, v in json.load(f)["training"].items()}
+        else:
             continue
-        scalars = run_scalars(os.path.dirname(checkpoint), tags)
-        last_step = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
-        row = {}
-        for column, tag, statistic in TRAINING_COLUMNS:
-            tag = next((t for t in ((tag,) if isinstance(tag, str) else tag) if t in scalars), None)
-            if tag is None or not len(scalars[tag][0]):
-                continue
-            steps, values = scalars[tag]
-            if statistic == "last":
-                row[column] = values[steps > 0.9 * last_step].mean() if (steps > 0.9 * last_step).any() else np.nan
-            elif statistic == "final":
-                row[column] = values[np.argmax(steps)]
-            elif statistic == "min":
-                row[column] = values.min()
-            else:
-                row[column] = values[steps > 0.5 * last_step].mean() if (steps > 0.5 * last_step).any() else np.nan
-        if all(tag in scalars for tag in DEAD_PHASE_TAGS):
-            row[DEAD_PHASES_COLUMN] = dead_reverse_phases(scalars)
         per_method.setdefault(run.method.label, []).append(row)
     if not per_method:
         return ""
@@ -315,6 +348,157 @@ def training_summary(runs):
                          f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})")
         lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results that outlive the machine: what --results holds, written as runs and pairs finish
+
+CURVE_BINS = 100  # rows of an exported run's training.csv
+
+
+def exported_population(run, args):
+    """The path of `run`'s population in --results when it is there and trained to --total-timesteps, else None."""
+    path = args.results and f"{args.results}/runs/{run.name}/population.pt"
+    if not path or not os.path.exists(path):
+        return None
+    saved = utils.load_checkpoint(path, "--results")
+    iterations = args.total_timesteps // (saved["args"]["num_envs"] * saved["args"]["num_steps"])
+    return path if saved["iteration"] >= iterations else None
+
+
+def binned_curves(scalars, bins=CURVE_BINS):
+    """Every tag's mean over `bins` equal bins of env steps (and the count of values in each bin): the
+    run's learning curves and diagnostics in a few kilobytes, as a DataFrame."""
+    import pandas as pd
+
+    last = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
+    edges = np.linspace(0, last, bins + 1)
+    table = {"step_start": edges[:-1].round().astype(int), "step_end": edges[1:].round().astype(int)}
+    for tag, (steps, values) in scalars.items():
+        which = np.clip(np.searchsorted(edges, steps, side="left") - 1, 0, bins - 1)
+        counts = np.bincount(which, minlength=bins)
+        with np.errstate(invalid="ignore"):
+            table[tag] = np.bincount(which, weights=values, minlength=bins) / counts
+        if tag in ("charts/episodic_return", "mixed/episodic_return_trained"):
+            table[f"{tag} (count)"] = counts
+    return pd.DataFrame(table)
+
+
+def export_run(run, args):
+    """Writes a finished run to --results/runs/{name}/: population.pt (the checkpoint less the critic,
+    optimisers and RNG, its networks' weights in float16: under 1 MB with BiDist's phi), training.csv
+    (binned_curves of every logged scalar) and summary.json (training.md's statistics, the training
+    command). The study's cross-play then plays this population, so that episodes played now and
+    episodes a later call plays on another machine are of the same network."""
+    out = f"{args.results}/runs/{run.name}"
+    checkpoint = export_population(run.checkpoint(), f"{out}/population.pt")
+    scalars = run_scalars(os.path.dirname(run.checkpoint()))
+    utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars).to_csv(f, index=False))
+    with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
+        commands = [line[2:].strip() for line in f if line.startswith("$ ")]
+    row = training_row({tag: scalars[tag] for tag in TRAINING_TAGS if tag in scalars})
+    utils.save_json(f"{out}/summary.json", {
+        "name": run.name, "method": run.method.label, "seed": run.seed, "global_step": checkpoint["global_step"],
+        "commands": [command.replace(ROOT + "/", "") for command in commands],
+        "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}})
+    print(f"{run.name}: exported to {out}/", flush=True)
+
+
+def export_population(path, to):
+    """Writes the checkpoint at `path` less everything but the populations (`actor`, BiDist's `phi`), their
+    weights in float16, to `to`; returns the checkpoint."""
+    checkpoint = utils.load_checkpoint(path, "population")
+    population = {k: checkpoint[k] for k in ("algorithm", "substrate", "args", "run_name", "iteration", "global_step")
+                  if k in checkpoint}
+    for network in ("actor", "phi"):
+        if network in checkpoint:
+            population[network] = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint[network].items()}
+    utils.save_checkpoint(to, population)
+    return checkpoint
+
+
+def identity(path):
+    """What a cross-play cache key knows a background checkpoint by: its bytes' digest, so that a pair
+    is reused wherever the same population sits (--out relative or absolute, a checkpoint or its copy
+    in --results) and played again once a checkpoint changed; the references by name."""
+    if path == eval_scenarios.RANDOM_BACKGROUND or os.path.basename(os.path.dirname(path)) == "reference":
+        return os.path.basename(path).removesuffix(".pt")
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+EPISODE_COLUMNS = ["focal", "background", "episode", "focal_per_capita_return", "focal_id", "background_ids", "seed",
+                   "num_focal"]
+
+
+def committed_episodes(results):
+    """{(focal, background): (key, episodes)} from --results/crossplay_episodes.csv (one row per episode)."""
+    import pandas as pd
+
+    path = results and f"{results}/crossplay_episodes.csv"
+    if not path or not os.path.exists(path):
+        return {}
+    pairs = {}
+    for (focal, background), rows in pd.read_csv(path, keep_default_na=False).groupby(["focal", "background"], sort=False):
+        first = rows.iloc[0]
+        key = {"focal": [focal, first.focal_id], "background": [background, first.background_ids.split("|")],
+               "seed": int(first.seed), "num_focal": int(first.num_focal)}
+        pairs[focal, background] = key, rows.sort_values("episode").focal_per_capita_return.tolist()
+    return pairs
+
+
+def write_committed_episodes(results, keys, episodes):
+    """--results/crossplay_episodes.csv: every episode of every pair in `episodes`, with its pair's key, and
+    the pairs committed before that this call did not play (a call with fewer methods keeps the others')."""
+    import pandas as pd
+
+    for pair, (key, values) in committed_episodes(results).items():
+        if pair not in episodes:
+            keys, episodes = {**keys, pair: key}, {**episodes, pair: values}
+    rows = [{"focal": pair[0], "background": pair[1], "episode": i, "focal_per_capita_return": value,
+             "focal_id": keys[pair]["focal"][1], "background_ids": "|".join(keys[pair]["background"][1]),
+             "seed": keys[pair]["seed"], "num_focal": keys[pair]["num_focal"]}
+            for pair, values in episodes.items() for i, value in enumerate(values)]
+    table = pd.DataFrame(rows, columns=EPISODE_COLUMNS)
+    utils.write_atomically(f"{results}/crossplay_episodes.csv", "w", lambda f: table.to_csv(f, index=False))
+
+
+RESULT_FILES = ["results.md", "training.md", "crossplay.csv", "crossplay_heatmap.png", "methods.png",
+                "policy_space.csv", "policy_space.png"]
+
+
+def export_study(args):
+    """Copies the study's tables and plots from OUT to --results."""
+    for name in RESULT_FILES:
+        if os.path.exists(f"{args.out}/{name}") and os.path.realpath(args.out) != os.path.realpath(args.results):
+            shutil.copyfile(f"{args.out}/{name}", f"{args.results}/{name}")
+
+
+def record_study(args):
+    """--results/study.json: the study's command and flags, for a later call (--from-results reads them)."""
+    record = f"{args.results}/study.json"
+    if os.path.exists(record):
+        with open(record) as f:
+            saved = json.load(f)
+        if saved["args"]["substrate"] != args.substrate:
+            raise SystemExit(f"error: --results {args.results} holds a study on {saved['args']['substrate']}, not "
+                             f"{args.substrate}; use another --results")
+    flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results")}
+    command = shlex.join(["python", "study.py", *sys.argv[1:]])
+    utils.save_json(record, {"command": command, "args": flags})
+
+
+def args_from_results(results):
+    """The Args of the study exported to `results`, set to regenerate its outputs there from it alone."""
+    if not os.path.exists(f"{results}/study.json"):
+        raise SystemExit(f"error: --from-results {results}: no study.json there (a folder written by study.py --results)")
+    with open(f"{results}/study.json") as f:
+        saved = json.load(f)["args"]
+    known = {f for f in Args.__dataclass_fields__} - {"runs"}
+    runs = [f"{r['method']}={results}/runs/{r['name']}/population.pt" for r in json.load(open(f"{results}/study.json")).get("external", [])]
+    return Args(**{k: v for k, v in saved.items() if k in known}, runs=runs, out=tempfile.mkdtemp(prefix="study_"),
+                results=results, from_results=results)
+
 
 # ---------------------------------------------------------------------------------------------
 # Cross-play: every focal population beside every background population, in parallel episodes
@@ -339,6 +523,8 @@ def external_population(spec):
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     saved = utils.load_checkpoint(path, "--runs")["args"]
+    if not isinstance(saved.get("seed"), int) or not isinstance(label or saved.get("exp_name"), str):
+        raise SystemExit(f"error: --runs {path} records no seed or exp_name in its args")
     return Population(label or saved["exp_name"], saved["seed"], path)
 
 
@@ -347,7 +533,7 @@ def untrained_checkpoints(out, substrate, like, count):
     written once as checkpoints under OUT/reference/, for the `untrained` reference background."""
     import mappo  # the shared actor architecture
 
-    saved = torch.load(like, map_location="cpu", weights_only=False)["args"]
+    saved = utils.load_checkpoint(like, "population")["args"]
     paths = []
     for seed in range(1, count + 1):
         path = f"{out}/reference/untrained_{seed}.pt"
@@ -371,48 +557,49 @@ def _init_quiet_worker():
     eval_scenarios._init_worker(False)
 
 
-def resolved(key):
-    """A cross-play cache key with every checkpoint path that exists resolved (realpath): OUT given relative or
-    absolute, or a key written earlier with paths relative to the same working directory, matches the same
-    pair (a mismatch re-plays it)."""
-    def resolve(path):
-        return os.path.realpath(path) if os.path.exists(path) else path
-
-    return {**key, "focal": [resolve(key["focal"][0]), key["focal"][1]],
-            "background": [[resolve(path), step] for path, step in key["background"]]}
-
-
 def crossplay(populations, backgrounds, args):
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
-    all done, so an interrupted evaluation continues where it stopped."""
-    os.makedirs(f"{args.out}/crossplay", exist_ok=True)
+    all done, so an interrupted evaluation continues where it stopped; with --results, every pair's
+    episodes are also written to its crossplay_episodes.csv at the end, and the pairs found there are
+    not played again. A pair is keyed by the two populations' names and their bytes (`identity`): a
+    checkpoint trained further since makes its pairs stale."""
     scenario = f"{args.substrate}__background_{args.num_focal}_focal"
-    results, todo, steps = {}, [], {}
+    committed = committed_episodes(getattr(args, "results", None))
+    results, todo, keys, ids = {}, [], {}, {}
 
-    def step(path):  # a checkpoint's global step
-        if path not in steps:
-            steps[path] = 0 if not os.path.isfile(path) else \
-                torch.load(path, map_location="cpu", weights_only=False)["global_step"]
-        return steps[path]
+    def identified(path):
+        if path not in ids:
+            ids[path] = identity(path)
+        return ids[path]
 
     for focal in populations:
         for name, paths in backgrounds.items():
             cache = f"{args.out}/crossplay/{focal.name}__vs__{name}.json"
-            # a checkpoint trained further since (a longer study) makes the cached episodes stale
-            key = {"focal": [focal.checkpoint, step(focal.checkpoint)], "background": [[p, step(p)] for p in paths],
-                   "seed": args.seed, "num_focal": args.num_focal}
+            key = keys[focal.name, name] = {"focal": [focal.name, identified(focal.checkpoint)],
+                                            "background": [name, [identified(p) for p in paths]],
+                                            "seed": args.seed, "num_focal": args.num_focal}
+            found = [committed[focal.name, name]] if (focal.name, name) in committed else []
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
-                if resolved(cached["key"]) == resolved(key) and len(cached["episodes"]) >= args.num_episodes:
-                    results[focal.name, name] = cached["episodes"][: args.num_episodes]
-                    continue
+                found.append((cached["key"], cached["episodes"]))
+            episodes = next((e for k, e in found if k == key and len(e) >= args.num_episodes), None)
+            if episodes is not None:
+                results[focal.name, name] = episodes[: args.num_episodes]
+                continue
             target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)
             todo.append((focal, name, key, cache, target))
+    if todo and getattr(args, "from_results", None):
+        raise SystemExit(f"error: --from-results {args.from_results}: {len(todo)} (focal, background) pair(s) have no "
+                         f"committed episodes (first: {todo[0][0].name} vs {todo[0][1]}); run the study's command "
+                         f"(study.json) with --results {args.from_results} to play them")
     if not todo:
+        if getattr(args, "results", None):
+            write_committed_episodes(args.results, keys, results)
         return results
+    os.makedirs(f"{args.out}/crossplay", exist_ok=True)
     num_workers = args.num_workers or os.cpu_count() or 1
     print(f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
           f"{num_workers} worker(s)", flush=True)
@@ -436,6 +623,9 @@ def crossplay(populations, backgrounds, args):
         eval_scenarios.run_episodes(jobs, num_workers, "cross-play", record, initializer=_init_quiet_worker, initargs=())
     except KeyboardInterrupt:
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
+    finally:
+        if getattr(args, "results", None):  # what finished, also when interrupted
+            write_committed_episodes(args.results, keys, results)
     return results
 
 
@@ -677,7 +867,7 @@ def action_distributions(actor, probe):
     return actor.policy(hidden).softmax(-1).flatten().numpy()
 
 
-def policy_space(populations, args):
+def policy_space(populations, args, snapshot_dirs=None):
     """Embeds the action distributions of every run's snapshots (theta, and phi where the run has one)
     and final theta on the probe set with t-SNE, and draws them: one colour per method and
     population, later snapshots larger, final populations as stars, each run's theta path as a line.
@@ -693,10 +883,11 @@ def policy_space(populations, args):
         if policy.downsample != first.downsample:
             print(f"policy space: {population.name} skipped (other --downsample than {populations[0].name})")
             continue
-        checkpoint = torch.load(population.checkpoint, map_location="cpu", weights_only=False)
-        snapshots = sorted(glob.glob(f"{os.path.dirname(population.checkpoint)}/snapshots/*.pt"))
+        checkpoint = utils.load_checkpoint(population.checkpoint, "population")
+        run_dir = (snapshot_dirs or {}).get(population.name, os.path.dirname(population.checkpoint))
+        snapshots = sorted(glob.glob(f"{run_dir}/snapshots/*.pt"))
         for path in snapshots + [population.checkpoint]:
-            snapshot = torch.load(path, map_location="cpu", weights_only=False)
+            snapshot = utils.read_file(path, "snapshot")
             if path != population.checkpoint and snapshot["iteration"] == checkpoint["iteration"] and \
                     snapshot["population"] == "theta":
                 continue  # the final theta is the checkpoint's
@@ -713,12 +904,13 @@ def policy_space(populations, args):
         return
     embedding = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=args.seed).fit_transform(
         np.stack(features))
-    table = pd.DataFrame(points).assign(x=embedding[:, 0], y=embedding[:, 1])
+    table = pd.DataFrame(points).assign(x=embedding[:, 0], y=embedding[:, 1],
+                                        probe_observations=probe[0].shape[0] * probe[0].shape[1])
     table.to_csv(f"{args.out}/policy_space.csv", index=False)
-    plot_policy_space(table, f"{args.out}/policy_space.png", args.substrate, probe[0].shape[:2])
+    plot_policy_space(table, f"{args.out}/policy_space.png", args.substrate)
 
 
-def plot_policy_space(table, path, title, probe_shape):
+def plot_policy_space(table, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -738,7 +930,7 @@ def plot_policy_space(table, path, title, probe_shape):
                    label=f"{method} {population}")
         finals = rows[rows["final"]]
         ax.scatter(finals["x"], finals["y"], s=200, marker="*", color=colour, edgecolor="black", linewidth=0.8)
-    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {probe_shape[0] * probe_shape[1]} "
+    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {table['probe_observations'].iloc[0]} "
                  f"probe observations)\nlarger = later in training, lines = theta's path, stars = final trained "
                  f"populations", fontsize=8)
     ax.set_xticks([]), ax.set_yticks([])
@@ -788,29 +980,53 @@ def check_study(args):
 if __name__ == "__main__":
     utils.quiet_interrupt("interrupted: the same command continues the study")
     args = tyro.cli(Args)
+    if args.from_results:
+        args = args_from_results(args.from_results)
     methods = check_study(args)
+    if args.results and not args.from_results:
+        record_study(args)
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
-    train_all(runs, args)
-    training = training_summary(runs)
+    if args.from_results:
+        missing = [run.name for run in runs if not exported_population(run, args)]
+        if missing:
+            raise SystemExit(f"error: --from-results {args.results}: {len(missing)} run(s) not exported there "
+                             f"({', '.join(missing)}); run the study's command (study.json) to train them")
+    else:
+        train_all(runs, args)
+    training = training_summary(runs, args.results)
     if training:
         with open(f"{args.out}/training.md", "w") as f:
             f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
         print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n")
     if args.train_only:
+        if args.results:
+            export_study(args)
         raise SystemExit(0)
 
-    populations = [Population(r.method.label, r.seed, r.checkpoint()) for r in runs]
+    # with --results, a run's population is its export, the network every later call will play
+    populations = [Population(r.method.label, r.seed, exported_population(r, args) or r.checkpoint()) for r in runs]
     populations += [external_population(spec) for spec in args.runs]
     for p in populations:
-        substrate = torch.load(p.checkpoint, map_location="cpu", weights_only=False)["substrate"]
+        substrate = utils.load_checkpoint(p.checkpoint, "--runs")["substrate"]
         if substrate != args.substrate:
             raise SystemExit(f"error: --runs {p.checkpoint} was trained on {substrate}, not --substrate {args.substrate}")
     names = [p.name for p in populations]
     if len(set(names)) < len(names):
         raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; "
                          f"label --runs apart with label=path")
+    if args.results and not args.from_results and args.runs:  # populations trained elsewhere are exported too
+        external = populations[len(runs):]
+        for i, p in enumerate(external):
+            to = f"{args.results}/runs/{p.name}/population.pt"
+            if not os.path.exists(to):
+                export_population(p.checkpoint, to)
+            external[i] = populations[len(runs) + i] = Population(p.method, p.seed, to)
+        with open(f"{args.results}/study.json") as f:
+            record = json.load(f)
+        record["external"] = [{"method": p.method, "seed": p.seed, "name": p.name} for p in external]
+        utils.save_json(f"{args.results}/study.json", record)
     backgrounds = {p.name: (p.checkpoint,) for p in populations}
     backgrounds[RANDOM] = ("uniform_random",)
     if args.num_untrained:
@@ -822,7 +1038,17 @@ if __name__ == "__main__":
     print(f"\n{table}\n")
     if len(summary) > 1:
         print(f"held-out by background method:\n{markdown_by_method(summary)}\n")
-    if args.policy_space:
-        policy_space(populations, args)
-    print(f"written to {args.out}/: results.md, crossplay.csv, crossplay.json, crossplay_heatmap.png, methods.png"
-          + (", policy_space.png" if args.policy_space else ""))
+    run_dirs = {r.name: os.path.dirname(r.checkpoint()) for r in runs if r.checkpoint()}  # where snapshots are
+    if args.policy_space and not args.from_results and (run_dirs or args.runs):
+        policy_space(populations, args, run_dirs)
+    elif args.results and os.path.exists(f"{args.results}/policy_space.csv"):  # no snapshots here: redraw the export
+        import pandas as pd
+
+        plot_policy_space(pd.read_csv(f"{args.results}/policy_space.csv"), f"{args.out}/policy_space.png",
+                          args.substrate)
+    if args.results:
+        export_study(args)
+    written = args.results if args.results else args.out
+    print(f"written to {written}/: results.md, crossplay.csv, crossplay_heatmap.png, methods.png"
+          + (", policy_space.png" if os.path.exists(f"{args.out}/policy_space.png") else "")
+          + (", crossplay_episodes.csv, runs/" if args.results else ", crossplay.json"))

@@ -432,16 +432,48 @@ def save_json(path: str, data) -> None:
     write_atomically(path, "w", lambda f: json.dump(data, f, indent=1, default=float))
 
 
-def load_checkpoint(path: str, flag: str = "--resume") -> dict:
-    """Loads a checkpoint of this project, or exits with a one-line error naming `flag`."""
+# Checkpoints are data: every file of ours is read by `read_file`, with torch's weights-only unpickler,
+# which builds tensors, dicts, lists, tuples and plain values and refuses anything else, so a crafted file
+# cannot run code on load. Files written now hold nothing else. Checkpoints of before this rule hold the
+# numpy RNG state as a uint32 array, which needs numpy's array reconstruction and nothing more: that is the
+# whole allowlist (an array's contents are still unpickled by the weights-only unpickler).
+LEGACY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]
+POPULATION_KEYS = {"algorithm": str, "substrate": str, "args": dict, "actor": dict}  # what evaluation reads
+POPULATION_ARGS = ("downsample", "hidden_size")
+
+
+def read_file(path: str, flag: str):
+    """The contents of a checkpoint, snapshot or exported population at `path`, read without running
+    code; a one-line error naming `flag` for a missing, unreadable or code-carrying file."""
+    import pickle
+
     if not os.path.isfile(path):
         raise SystemExit(f"error: {flag} {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(LEGACY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global: GLOBAL " in str(e):  # a global outside the allowlist: refused before anything ran
+            found = str(e).split("Unsupported global: GLOBAL ")[1].split(" ")[0]
+            raise SystemExit(f"error: {flag} {path} holds objects other than tensors and plain values ({found}); "
+                             f"refused, since loading it could run code") from None
+        raise SystemExit(f"error: {flag} {path} is not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:
         raise SystemExit(f"error: {flag} {path} is not a readable checkpoint ({type(e).__name__})") from None
+
+
+def load_checkpoint(path: str, flag: str = "--resume") -> dict:
+    """Loads a checkpoint of this project (or an exported population) without running code, or exits with
+    a one-line error naming `flag`: not a file of ours, or missing what evaluation reads."""
+    checkpoint = read_file(path, flag)
     if not isinstance(checkpoint, dict) or "algorithm" not in checkpoint:
         raise SystemExit(f"error: {flag} {path} is not a checkpoint of this project")
+    missing = [k for k, kind in POPULATION_KEYS.items() if not isinstance(checkpoint.get(k), kind)]
+    missing += [f"args.{k}" for k in POPULATION_ARGS if "args" not in missing and k not in checkpoint.get("args", {})]
+    if missing:
+        raise SystemExit(f"error: {flag} {path} is not a complete checkpoint: no {', '.join(missing)}")
+    if checkpoint["substrate"] not in import_meltingpot().substrate.SUBSTRATES:
+        raise SystemExit(f"error: {flag} {path} names {checkpoint['substrate']!r}, which is not a Melting Pot substrate")
     return checkpoint
 
 
@@ -480,7 +512,11 @@ def actor_sizes(substrate_name: str, downsample: bool):
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state, as tensors and plain values (numpy's key as a list), so that the
+    checkpoint holding it loads with the weights-only unpickler."""
+    name, key, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, key.tolist(), position, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -488,7 +524,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, position, has_gauss, cached = state["numpy"]  # a list, or an array in older checkpoints
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

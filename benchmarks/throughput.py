@@ -193,7 +193,7 @@ def training_throughput(script, flags, args):
         if process.returncode != 0:
             raise SystemExit(f"error: {script}.py failed (exit {process.returncode}): {errors.strip().splitlines()[-1]}")
         (run,) = os.listdir(f"{tmp}/runs")
-        checkpoint = torch.load(f"{tmp}/runs/{run}/checkpoint.pt", weights_only=False, map_location="cpu")
+        checkpoint = utils.load_checkpoint(f"{tmp}/runs/{run}/checkpoint.pt", "benchmark run")
         shares = time_shares(f"{tmp}/runs/{run}")
     sps = int(re.findall(r"SPS ([\d,]+)", output)[-1].replace(",", ""))
     return sps, peak, shares, checkpoint

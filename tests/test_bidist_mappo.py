@@ -27,7 +27,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     assert all(0 < share < 1 for _, share in logged["charts/time_distill"]), "a phase every iteration here"
     fractions = [value for _, value in logged["mixed/fictitious_fraction"]]
     assert all(f in (0.0, 0.25, 0.5) for f in fractions), "2 envs x 2 players, at least one trained slot each"
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["algorithm"] == "bidist_mappo" and checkpoint["iteration"] == 3
     assert checkpoint["phases_run"] == 3 and checkpoint["args"]["kd"] == 1 and checkpoint["args"]["p"] == 0.5
     assert set(checkpoint) >= {"actor", "critic", "phi", "optimizer", "phi_optimizer", "value_norm", "rng"}
@@ -37,7 +37,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     assert [v for _, v in logged["distill/kl_after_reverse"]] == [v for _, v in logged["distill/kl_after"]][1:2]
     # snapshots of theta and phi at iteration 2, phi's after the reverse phase of that iteration
     assert sorted(os.listdir(f"{run_dir}/snapshots")) == ["phi_000002.pt", "theta_000002.pt"]
-    snapshot = torch.load(f"{run_dir}/snapshots/phi_000002.pt", weights_only=False)
+    snapshot = torch.load(f"{run_dir}/snapshots/phi_000002.pt", weights_only=True)
     assert snapshot["population"] == "phi" and snapshot["iteration"] == 2 and snapshot["last_phase"] == "reverse"
     assert snapshot["actor"].keys() == checkpoint["phi"].keys()
 
@@ -46,7 +46,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
                         cwd=tmp_path)
     assert "iter 4/5" in result.stdout and "distill reverse at iter 4" in result.stdout
     assert "distill forward at iter 5" in result.stdout and only_run_dir(tmp_path) == run_dir
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 5 and checkpoint["phases_run"] == 5
     assert [value for _, value in scalars(run_dir)["distill/direction"]] == [1, -1, 1, -1, 1]
     assert spawned_workers() - before == set(), "environment workers outlived the run"
@@ -71,7 +71,7 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
     flags = [] if reset else ["--no-reset-phi"]
     run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "32", "--eta-f", "0", *flags,
                cwd=tmp_path)
-    checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 1 and checkpoint["last_phase"] == "forward"
     same = all(torch.equal(checkpoint["phi"][k], checkpoint["actor"][k]) for k in checkpoint["actor"])
     assert same == reset

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import eval_scenarios
+import study
 import utils
 from bidist_mappo import Actor
 from conftest import ROOT, TINY, run_script, spawned_workers
@@ -118,18 +119,101 @@ def test_a_new_script_beside_evaluation_is_evaluated_with_no_edit(tmp_path, monk
 def test_adapter_refuses_foreign_files(tmp_path):
     # a script someone trained with elsewhere and did not copy here
     assert "elsewhere_mappo" not in eval_scenarios.algorithm_scripts()
-    torch.save({"algorithm": "elsewhere_mappo", "substrate": SUBSTRATE, "args": {}}, tmp_path / "other.pt")
+    complete = {"substrate": SUBSTRATE, "args": {"downsample": True, "hidden_size": 16}, "actor": {}}
+    torch.save({"algorithm": "elsewhere_mappo", **complete}, tmp_path / "other.pt")
     with pytest.raises(SystemExit) as error:
         CheckpointPolicy(str(tmp_path / "other.pt"), flag="--background")
     scripts = ", ".join(f"{s}.py" for s in eval_scenarios.algorithm_scripts())
     assert str(error.value) == (f"error: --background {tmp_path / 'other.pt'} was written by elsewhere_mappo.py, which "
                                 f"is not beside eval_scenarios.py; algorithm scripts here: {scripts}")
     assert "mappo.py" in scripts and "bidist_mappo.py" in scripts
-    torch.save({"algorithm": "utils", "substrate": SUBSTRATE, "args": {}}, tmp_path / "utils.pt")
+    torch.save({"algorithm": "utils", **complete}, tmp_path / "utils.pt")
     with pytest.raises(SystemExit, match="was written by utils.py, which is not beside"):
         CheckpointPolicy(str(tmp_path / "utils.pt"))
     with pytest.raises(SystemExit, match="no such file"):
         CheckpointPolicy(str(tmp_path / "none.pt"))
+
+
+class RunsCodeOnLoad:
+    """What a crafted checkpoint holds: unpickling it calls `open(marker, "w")`, a file appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_crafted_checkpoint_runs_no_code_on_any_load_path(tmp_path, cooking_checkpoint):
+    """Evaluation (focal and background), resume and the study read a file that runs code when unpickled:
+    each refuses it in one line naming the flag and the foreign object, and nothing ran."""
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"algorithm": "mappo", "substrate": SUBSTRATE, "args": {"downsample": True, "hidden_size": 16},
+                "actor": RunsCodeOnLoad(str(marker))}, evil)
+    with pytest.raises(SystemExit) as error:
+        CheckpointPolicy(str(evil), flag="--background")
+    assert str(error.value) == (f"error: --background {evil} holds objects other than tensors and plain values "
+                                f"(io.open); refused, since loading it could run code")
+    assert not marker.exists()
+    for script, flags in [("eval_scenarios.py", ["--checkpoint", cooking_checkpoint, "--background", "evil.pt"]),
+                          ("eval_scenarios.py", ["--checkpoint", "evil.pt"]),
+                          ("mappo.py", [*TINY, "--resume", "evil.pt"])]:
+        result = run_script(script, *flags, cwd=tmp_path, check=False)
+        assert "evil.pt holds objects other than tensors and plain values (io.open)" in error_line(result)
+        assert not marker.exists(), script
+    with pytest.raises(SystemExit, match="--runs .*evil.pt holds objects other than tensors"):
+        study.external_population(str(evil))
+    assert not marker.exists()
+
+
+def test_an_incomplete_or_foreign_checkpoint_gets_one_line(tmp_path):
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"algorithm": "mappo", "substrate": SUBSTRATE, "args": {"seed": 1}, "actor": {}}, incomplete)
+    with pytest.raises(SystemExit) as error:
+        CheckpointPolicy(str(incomplete), flag="--background")
+    assert str(error.value) == f"error: --background {incomplete} is not a complete checkpoint: no args.downsample, args.hidden_size"
+    torch.save({"algorithm": "mappo", "substrate": SUBSTRATE}, incomplete)
+    with pytest.raises(SystemExit, match="is not a complete checkpoint: no args, actor$"):
+        CheckpointPolicy(str(incomplete))
+    torch.save({"algorithm": "mappo", "substrate": "clean_upp", "args": {"downsample": True, "hidden_size": 16},
+                "actor": {}}, incomplete)
+    with pytest.raises(SystemExit, match="names 'clean_upp', which is not a Melting Pot substrate"):
+        CheckpointPolicy(str(incomplete))
+    # the right keys, the wrong weights: mappo.py's network at hidden size 16 does not take these
+    save_fake_checkpoint(incomplete, algorithm="mappo", hidden=16)
+    checkpoint = torch.load(incomplete, weights_only=True)
+    checkpoint["args"]["hidden_size"] = 32
+    torch.save(checkpoint, incomplete)
+    with pytest.raises(SystemExit, match=r"its actor does not fit mappo.py's network on pure_coordination_in_the_matrix__repeated \(Error"):
+        CheckpointPolicy(str(incomplete), flag="--background")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match=r"text.pt is not a readable checkpoint \(\w+\)$"):
+        CheckpointPolicy(str(tmp_path / "text.pt"))
+
+
+def test_rng_state_is_plain_data_and_older_checkpoints_still_load(tmp_path):
+    """The RNG state a checkpoint holds needs no unpickling allowlist and restores every generator; a
+    checkpoint of before (numpy's state as an array) loads through the numpy-only allowlist."""
+    np.random.seed(3), random.seed(3), torch.manual_seed(3)
+    utils.save_checkpoint(str(tmp_path / "new.pt"), {"rng": utils.rng_state()})
+    expected = np.random.random(3), random.random(), torch.rand(2)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "new.pt")) == []
+    np.random.seed(4), random.seed(4), torch.manual_seed(4)
+    utils.set_rng_state(utils.read_file(str(tmp_path / "new.pt"), "--resume")["rng"])
+    np.testing.assert_array_equal(np.random.random(3), expected[0])
+    assert random.random() == expected[1] and torch.equal(torch.rand(2), expected[2])
+
+    save_fake_checkpoint(tmp_path / "old.pt", algorithm="mappo")
+    old = torch.load(tmp_path / "old.pt", weights_only=True)
+    np.random.seed(5)
+    old["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(old, tmp_path / "old.pt")
+    assert "numpy.ndarray" in torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "old.pt"))
+    expected = np.random.random(3)
+    utils.set_rng_state(utils.load_checkpoint(str(tmp_path / "old.pt"))["rng"])
+    np.testing.assert_array_equal(np.random.random(3), expected)
+    CheckpointPolicy(str(tmp_path / "old.pt"))  # and evaluates
 
 
 def test_confidence_interval_against_a_hand_computation():

@@ -70,7 +70,7 @@ def test_smoke_run_fills_the_pool_checkpoints_resumes_and_is_evaluated(tmp_path,
         assert tag in logged, tag
     assert [v for _, v in logged["pool/size"]] == [1, 2, 2, 2]
     assert all(f in (0.0, 0.25, 0.5) for _, f in logged["mixed/pool_fraction"]), "a trained slot in every env"
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["algorithm"] == "fsp_mappo" and checkpoint["iteration"] == 4
     # the pool keeps the newest 2 snapshots, taken at the start of iterations 3 and 4
     assert [entry["iteration"] for entry in checkpoint["pool"]] == [2, 3]
@@ -79,7 +79,7 @@ def test_smoke_run_fills_the_pool_checkpoints_resumes_and_is_evaluated(tmp_path,
 
     result = run_script("fsp_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "192", cwd=tmp_path)
     assert "iter 6/6" in result.stdout and only_run_dir(tmp_path) == run_dir
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert [entry["iteration"] for entry in checkpoint["pool"]] == [4, 5]
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 

@@ -40,7 +40,7 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
     for step in (32, 64, 96):
         shares = {part: dict(logged[f"charts/time_{part}"])[step] for part in parts}
         assert all(0 < share < 1 for share in shares.values()) and sum(shares.values()) == pytest.approx(1, abs=0.01)
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["algorithm"] == "mappo" and checkpoint["iteration"] == 3 and checkpoint["global_step"] == 96
     assert checkpoint["substrate"] == "pure_coordination_in_the_matrix__repeated"  # the default
     assert set(checkpoint) >= {"actor", "critic", "optimizer", "value_norm", "rng", "args"}
@@ -49,7 +49,7 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
     # --resume alone continues the same run: same directory, global step and flags
     result = run_script("mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160", cwd=tmp_path)
     assert "iter 4/5" in result.stdout and only_run_dir(tmp_path) == run_dir
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 5 and checkpoint["global_step"] == 160
     assert checkpoint["args"]["hidden_size"] == 32, "the resumed run keeps its saved flags"
     steps = [step for step, _ in scalars(run_dir)["losses/value_loss"]]
@@ -105,11 +105,11 @@ def test_ctrl_c_saves_the_state_of_a_whole_iteration_and_leaves_no_workers(tmp_p
     assert process.returncode == 1
     assert "Traceback" not in stderr and "interrupted: checkpoint of iteration" in stderr
     run_dir = only_run_dir(tmp_path)
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     iteration = checkpoint["iteration"]
     assert iteration >= 1 and checkpoint["global_step"] == iteration * 32
     for population, key in [("theta", "actor")] + ([("phi", "phi")] if script == "bidist_mappo.py" else []):
-        snapshot = torch.load(f"{run_dir}/snapshots/{population}_{iteration:06d}.pt", weights_only=False)
+        snapshot = torch.load(f"{run_dir}/snapshots/{population}_{iteration:06d}.pt", weights_only=True)
         for name, weights in snapshot["actor"].items():
             assert torch.equal(checkpoint[key][name], weights), f"{key} is not that of the end of iteration {iteration}"
     time.sleep(1)

@@ -195,7 +195,7 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
         assert len(logged[tag]) == 4, tag
     # 3 options, nearly uniform at the start: usage entropy close to ln 3
     assert all(abs(v - math.log(3)) < 0.05 for _, v in logged["opre/prior_usage_entropy"])
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["algorithm"] == "opre_mappo" and "posterior" in checkpoint
     assert checkpoint["actor"]["policy.options.weight"].shape[0] == 3 * 8
 
@@ -212,11 +212,11 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
     assert isinstance(policy.actor, Actor) and not hasattr(policy, "posterior")
     assert policy.actor.policy.options_input == "frame"
     # a checkpoint saved before --options-input existed is evaluated as the recurrent heads it had
-    older = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    older = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     del older["args"]["options_input"]
     torch.save(older, tmp_path / "older.pt")
     assert CheckpointPolicy(str(tmp_path / "older.pt")).actor.policy.options_input == "recurrent"
-    assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
                        ["actor"]["policy.prior.weight"])
 
 

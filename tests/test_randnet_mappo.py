@@ -113,7 +113,7 @@ def test_smoke_run_redraws_the_layer_checkpoints_resumes_and_is_evaluated(tmp_pa
     assert [v for _, v in logged["randnet/perturbed_fraction"]] == [1.0] * 4
     assert all(v > 0 for _, v in logged["randnet/fm_loss"])
     # a new random layer every iteration, saved with each iteration's snapshot of theta
-    layers = [torch.load(path, weights_only=False)["actor"]["random_conv"]
+    layers = [torch.load(path, weights_only=True)["actor"]["random_conv"]
               for path in sorted(glob.glob(f"{run_dir}/snapshots/theta_*.pt"))]
     assert len(layers) == 4 and all(not torch.equal(a, b) for a, b in zip(layers, layers[1:]))
 
@@ -123,7 +123,7 @@ def test_smoke_run_redraws_the_layer_checkpoints_resumes_and_is_evaluated(tmp_pa
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 
     # evaluation reads theta and sees the clean input
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     policy = CheckpointPolicy(f"{run_dir}/checkpoint.pt")
     assert torch.equal(policy.actor.cnn[0].weight, checkpoint["actor"]["cnn.0.weight"]) and policy.actor.randnet_mc == 0
 

@@ -87,7 +87,7 @@ def test_smoke_run_fills_the_memory_checkpoints_resumes_and_is_evaluated(tmp_pat
     assert [v for _, v in logged["rpm/size"]] == [0, 0, 1, 2]
     # no snapshot yet: theta plays every slot; then every environment plays the memory on one of its 2 slots
     assert [v for _, v in logged["mixed/memory_fraction"]] == [0.0, 0.0, 0.5, 0.5]
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert checkpoint["algorithm"] == "rpm_mappo" and checkpoint["iteration"] == 4
     assert checkpoint["args"]["rpm_slice"] == 0.01, "the substrate's slice from RPM's paper"
     assert [(entry["key"], entry["iteration"]) for entry in checkpoint["memory"]] == [(0, 2), (0, 3)]
@@ -96,7 +96,7 @@ def test_smoke_run_fills_the_memory_checkpoints_resumes_and_is_evaluated(tmp_pat
     # resume: the memory comes back, and its key's FIFO keeps the newest 3
     result = run_script("rpm_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "256", cwd=tmp_path)
     assert "iter 8/8" in result.stdout and only_run_dir(tmp_path) == run_dir
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
     assert [entry["iteration"] for entry in checkpoint["memory"]] == [4, 6, 7]
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 

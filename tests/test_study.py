@@ -4,6 +4,7 @@ import glob
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
+from test_mappo import error_line
 from study import (DEAD_PHASE_TAGS, DEAD_PHASES_COLUMN, RANDOM, UNTRAINED, Method, Population, Run, external_population,
                    held_out_mask, parse_method, crossplay, run_status, statistics, summarise_method, summarise_reference,
                    train_command, training_summary, write_outputs)
@@ -64,8 +66,9 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
 
 def test_runs_trained_elsewhere_join_by_checkpoint_or_directory(tmp_path):
     fake_checkpoint(f"{tmp_path}/a/checkpoint.pt", iteration=1, substrate="coins")
-    torch.save(dict(torch.load(f"{tmp_path}/a/checkpoint.pt", weights_only=False),
-                    args={"exp_name": "bidist_mappo", "seed": 4}), f"{tmp_path}/a/checkpoint.pt")
+    torch.save(dict(torch.load(f"{tmp_path}/a/checkpoint.pt", weights_only=True), actor={},
+                    args={"exp_name": "bidist_mappo", "seed": 4, "downsample": True, "hidden_size": 8}),
+               f"{tmp_path}/a/checkpoint.pt")
     assert external_population(f"{tmp_path}/a") == Population("bidist_mappo", 4, f"{tmp_path}/a/checkpoint.pt")
     labelled = external_population(f"mine={tmp_path}/a/checkpoint.pt")
     assert labelled.name == "mine__seed4" and labelled.checkpoint == f"{tmp_path}/a/checkpoint.pt"
@@ -244,7 +247,7 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
     commands = [line for line in log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
     (checkpoint,) = glob.glob(f"{out}/mappo__seed1/runs/*/checkpoint.pt")
-    assert torch.load(checkpoint, weights_only=False)["iteration"] == 2
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 2
 
 
 @pytest.mark.slow
@@ -261,11 +264,11 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
     assert study.returncode == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted: checkpoints saved; the same command continues the study"
     (checkpoint,) = glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt")
-    stopped_at = torch.load(checkpoint, weights_only=False)["iteration"]
+    stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 1 <= stopped_at < 50
     result = run_script("study.py", *flags, cwd=tmp_path, timeout=300)
     assert "mappo__seed1: resumed from" in result.stdout
-    assert torch.load(checkpoint, weights_only=False)["iteration"] == 50
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 50
 
 
 @pytest.mark.parametrize(
@@ -285,31 +288,98 @@ def test_bad_input_gets_one_line_errors(tmp_path, flags, expected):
     assert expected in result.stderr.strip().splitlines()[-1]
 
 
-def test_cached_pairs_match_whether_out_is_given_relative_or_absolute(tmp_path, monkeypatch):
+def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch):
+    """A pair is played once: found again with --out relative or absolute, and from --results alone once
+    OUT's cache is gone; a checkpoint that changed makes exactly its pairs play again."""
     monkeypatch.chdir(tmp_path)
     for run in ("a", "b"):
         os.makedirs(f"out/{run}")
-        torch.save({"global_step": 7}, f"out/{run}/checkpoint.pt")
+        torch.save({"global_step": 7, "run": run}, f"out/{run}/checkpoint.pt")
 
-    def study(out):  # the two populations, each the other's background, as a call with this --out sees them
+    def study(out, results=None):  # the two populations, each the other's background, as a call with this --out sees them
         populations = [Population("m", seed, f"{out}/{run}/checkpoint.pt") for seed, run in ((1, "a"), (2, "b"))]
-        args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1)
+        args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1,
+                               results=results)
         return populations, {p.name: (p.checkpoint,) for p in populations}, args
 
-    populations, backgrounds, args = study("out")  # cached by an earlier call with a relative --out
-    os.makedirs("out/crossplay")
-    for focal in populations:
-        for name, paths in backgrounds.items():
-            key = {"focal": [focal.checkpoint, 7], "background": [[p, 7] for p in paths], "seed": 1, "num_focal": 1}
-            json.dump({"key": key, "episodes": [1.0, 2.0]}, open(f"out/crossplay/{focal.name}__vs__{name}.json", "w"))
+    played = []
 
-    def replay(*args, **kwargs):
-        raise AssertionError("a cached pair was played again")
+    def play(jobs, num_workers, desc, record, **kwargs):
+        for i, (description, _) in enumerate(jobs):
+            played.append(description.split(" episode")[0])
+            record(i, {"focal_per_capita_return": float(len(played))})
 
-    monkeypatch.setattr("eval_scenarios.run_episodes", replay)
-    results = crossplay(*study(str(tmp_path / "out")))  # the same study, --out absolute
-    assert len(results) == 4 and all(episodes == [1.0, 2.0] for episodes in results.values())
-    # a checkpoint trained further since still makes its pairs stale
-    torch.save({"global_step": 8}, "out/a/checkpoint.pt")
-    with pytest.raises(AssertionError, match="played again"):
-        crossplay(*study(str(tmp_path / "out")))
+    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    first = crossplay(*study("out", results="res"))
+    assert len(first) == 4 and len(played) == 8
+    played.clear()
+    assert crossplay(*study(str(tmp_path / "out"))) == first and played == []
+    shutil.rmtree("out/crossplay")
+    assert crossplay(*study("out", results="res")) == first and played == []
+    committed = pd.read_csv("res/crossplay_episodes.csv")
+    assert len(committed) == 8 and committed.focal_per_capita_return.tolist() == list(map(float, range(1, 9)))
+    torch.save({"global_step": 8, "run": "a"}, "out/a/checkpoint.pt")  # trained further
+    again = crossplay(*study("out", results="res"))
+    assert sorted(set(played)) == ["m__seed1 vs m__seed1", "m__seed1 vs m__seed2", "m__seed2 vs m__seed1"]
+    assert again["m__seed2", "m__seed2"] == first["m__seed2", "m__seed2"]
+    assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
+
+@pytest.mark.slow
+def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_path):
+    """--results holds every finished run's population (data only, float16, under 1 MB), its binned log and
+    statistics, every episode: with the study's folder gone, --from-results writes the same tables without
+    training or playing, and a later call with one more seed trains that seed and plays only its pairs."""
+    flags = ["--out", "study", "--results", "res", "--substrate", "collaborative_cooking__asymmetric", "--seeds", "1", "2",
+             "--total-timesteps", "64", "--train-flags=" + " ".join(TINY), "--num-episodes", "1", "--num-untrained", "1",
+             "--no-policy-space"]
+    run_script("study.py", *flags, cwd=tmp_path, timeout=600)
+    res = tmp_path / "res"
+    for name in ("mappo__seed1", "mappo__seed2", "bidist_mappo__seed1", "bidist_mappo__seed2"):
+        population = res / "runs" / name / "population.pt"
+        assert os.path.getsize(population) < 1_000_000
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(population)) == []
+        saved = torch.load(population, weights_only=True)
+        assert set(saved) >= {"algorithm", "substrate", "args", "actor", "global_step"} and "critic" not in saved
+        assert {v.dtype for v in saved["actor"].values()} == {torch.float16}
+        assert ("phi" in saved) == name.startswith("bidist")
+        curve = pd.read_csv(res / "runs" / name / "training.csv")
+        assert curve.step_end.iloc[-1] == 64 and "losses/value_loss" in curve.columns
+        summary = json.load(open(res / "runs" / name / "summary.json"))
+        assert summary["global_step"] == 64 and "--seed" in summary["commands"][0]
+    assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 4 * (4 + 2)
+    record = json.load(open(res / "study.json"))
+    assert record["command"].startswith("python study.py --out study --results res") and record["args"]["seeds"] == [1, 2]
+    committed = {name: (res / name).read_text() for name in ("results.md", "training.md")}
+    assert "| mappo | 2 |" in committed["results.md"] and "| bidist_mappo | 2 |" in committed["training.md"]
+
+    shutil.rmtree(tmp_path / "study")
+    for name in committed:
+        os.remove(res / name)
+    result = run_script("study.py", "--from-results", "res", cwd=tmp_path)
+    assert "cross-play:" not in result.stdout and "training" not in result.stdout.split("\n")[0].lower()
+    assert {name: (res / name).read_text() for name in committed} == committed
+
+    more_seeds = flags[:flags.index("--seeds") + 3] + ["3"] + flags[flags.index("--seeds") + 3:]
+    more = run_script("study.py", *more_seeds, cwd=tmp_path, timeout=600)
+    assert "training 2 run(s)" in more.stdout and more.stdout.count("in res, not retrained") == 4
+    # 6 populations beside 6 + 2 backgrounds, less the 4 x 6 pairs committed before
+    assert "cross-play: 24 (focal, background) pair(s)" in more.stdout
+    assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 6 * 8
+    assert "| mappo | 3 |" in (res / "results.md").read_text()
+    line = error_line(run_script("study.py", "--from-results", "nowhere", cwd=tmp_path, check=False))
+    assert line == "error: --from-results nowhere: no study.json there (a folder written by study.py --results)"
+
+
+COMMITTED_STUDIES = sorted(glob.glob(f"{ROOT}/results/*/study.json"))
+
+
+@pytest.mark.parametrize("record", COMMITTED_STUDIES, ids=[p.split("/")[-2] for p in COMMITTED_STUDIES])
+def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
+    """The README's tables come from results/: each committed study's results.md is what --from-results
+    computes from its committed populations and episodes, with no training and no episode played."""
+    study = os.path.dirname(record)
+    copy = tmp_path / os.path.basename(study)
+    shutil.copytree(study, copy)
+    os.remove(copy / "results.md")
+    run_script("study.py", "--from-results", str(copy), cwd=tmp_path, timeout=300)
+    assert (copy / "results.md").read_text() == open(f"{study}/results.md").read()
