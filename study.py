@@ -350,6 +350,69 @@ def training_summary(runs, results=None):
     return "\n".join(lines)
 
 
+RETURN_TAG = "charts/episodic_return"  # every script's headline: the trained slots' per-player episode return
+
+
+def run_curve(run, results=None):
+    """A run's training curves binned over env steps (`binned_curves`): from its own log, or from the
+    training.csv exported with it to `results`; None when it has neither."""
+    import pandas as pd
+
+    exported = results and f"{results}/runs/{run.name}/training.csv"
+    if run.checkpoint() is not None:
+        last = utils.read_file(run.checkpoint(), f"the checkpoint of {run.name}:")["global_step"]
+        return binned_curves(run_scalars(os.path.dirname(run.checkpoint()), [RETURN_TAG]), last)
+    return pd.read_csv(exported) if exported and os.path.exists(exported) else None
+
+
+def learning_curves(runs, results, total, path, title, points=10):
+    """Per method, the trained slots' return over each tenth of training (mean over seeds, and their range),
+    as a markdown table, and learning_curves.png at `path` (one thin line per seed, the methods' means
+    thick). '' when no run has a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for run in runs:
+        curve = run_curve(run, results)
+        if curve is not None and RETURN_TAG in curve:
+            curves.setdefault(run.method.label, []).append(curve)
+    if not curves:
+        return ""
+    edges = np.linspace(0, total, points + 1)  # tenths of --total-timesteps
+    label = lambda x: f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}K"  # noqa: E731
+    lines = ["| method | seeds | " + " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:])) + " |",
+             "|" + "---|" * (points + 2)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, (method, runs_curves) in enumerate(curves.items()):
+        per_seed = []
+        for curve in runs_curves:
+            count_column = f"{RETURN_TAG} (count)"
+            counts = curve[count_column].to_numpy() if count_column in curve else np.ones(len(curve))
+            values = np.nan_to_num(curve[RETURN_TAG].to_numpy())
+            which = np.clip(np.searchsorted(edges, curve.step_end.to_numpy(), side="left") - 1, 0, points - 1)
+            with np.errstate(invalid="ignore"):
+                per_seed.append(np.bincount(which, counts * values, points) / np.bincount(which, counts, points))
+            ax.plot(curve.step_end, curve[RETURN_TAG], color=f"C{m}", alpha=0.3, linewidth=0.8)
+        per_seed = np.array(per_seed)
+        cells = ["-" if np.isnan(c).all() else f"{np.nanmean(c):.2f}" if len(c) == 1 else
+                 f"{np.nanmean(c):.2f} ({np.nanmin(c):.2f}-{np.nanmax(c):.2f})" for c in per_seed.T]
+        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
+        with np.errstate(invalid="ignore"):
+            mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
+        ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2.5, label=method)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return per player (trained slots)")
+    ax.set_title(f"{title}: learning curves (thin: seeds, binned; thick: mean over seeds per tenth)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Results that outlive the machine: what --results holds, written as runs and pairs finish
 
@@ -366,12 +429,11 @@ def exported_population(run, args):
     return path if saved["iteration"] >= iterations else None
 
 
-def binned_curves(scalars, bins=CURVE_BINS):
-    """Every tag's mean over `bins` equal bins of env steps (and the count of values in each bin): the
-    run's learning curves and diagnostics in a few kilobytes, as a DataFrame."""
+def binned_curves(scalars, last, bins=CURVE_BINS):
+    """Every tag's mean over `bins` equal bins of env steps up to `last` (the run's global step), and the
+    count of returns in each bin: the run's learning curves and diagnostics in a few kilobytes, as a DataFrame."""
     import pandas as pd
 
-    last = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
     edges = np.linspace(0, last, bins + 1)
     table = {"step_start": edges[:-1].round().astype(int), "step_end": edges[1:].round().astype(int)}
     for tag, (steps, values) in scalars.items():
@@ -393,7 +455,7 @@ def export_run(run, args):
     out = f"{args.results}/runs/{run.name}"
     checkpoint = export_population(run.checkpoint(), f"{out}/population.pt")
     scalars = run_scalars(os.path.dirname(run.checkpoint()))
-    utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars).to_csv(f, index=False))
+    utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars, checkpoint["global_step"]).to_csv(f, index=False))
     with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
         commands = [line[2:].strip() for line in f if line.startswith("$ ")]
     row = training_row({tag: scalars[tag] for tag in TRAINING_TAGS if tag in scalars})
@@ -463,7 +525,7 @@ def write_committed_episodes(results, keys, episodes):
     utils.write_atomically(f"{results}/crossplay_episodes.csv", "w", lambda f: table.to_csv(f, index=False))
 
 
-RESULT_FILES = ["results.md", "training.md", "crossplay.csv", "crossplay_heatmap.png", "methods.png",
+RESULT_FILES = ["results.md", "training.md", "learning_curves.png", "crossplay.csv", "crossplay_heatmap.png", "methods.png",
                 "policy_space.csv", "policy_space.png"]
 
 
@@ -996,10 +1058,14 @@ if __name__ == "__main__":
     else:
         train_all(runs, args)
     training = training_summary(runs, args.results)
+    curves = learning_curves(runs, args.results, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
     if training:
         with open(f"{args.out}/training.md", "w") as f:
             f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
-        print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n")
+            if curves:
+                f.write(f"\n## Learning curves\n\nthe trained slots' return per player over each tenth of training, "
+                        f"mean over seeds (range); learning_curves.png\n\n{curves}\n")
+        print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n\n{curves}\n")
     if args.train_only:
         if args.results:
             export_study(args)

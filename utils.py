@@ -440,6 +440,7 @@ def save_json(path: str, data) -> None:
 LEGACY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]
 POPULATION_KEYS = {"algorithm": str, "substrate": str, "args": dict, "actor": dict}  # what evaluation reads
 POPULATION_ARGS = ("downsample", "hidden_size")
+RESUME_KEYS = ("run_name", "iteration", "global_step", "critic", "value_norm", "optimizer", "rng")  # every script's
 
 
 def read_file(path: str, flag: str):
@@ -478,12 +479,17 @@ def load_checkpoint(path: str, flag: str = "--resume") -> dict:
 
 
 def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_match=("substrate",)) -> None:
-    """Refuses, in one line, a checkpoint of another algorithm or with other `must_match` flags."""
+    """Refuses, in one line, a checkpoint of another algorithm, without a training state (an exported
+    population, a snapshot) or with other `must_match` flags."""
     if checkpoint["algorithm"] != algorithm:
         raise SystemExit(
             f"error: --resume {path} is a {checkpoint['algorithm']} checkpoint; "
             f"this script resumes only {algorithm} checkpoints"
         )
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise SystemExit(f"error: --resume {path} holds no training state ({', '.join(missing)} missing): a population "
+                         f"exported by study.py --results evaluates but cannot be resumed")
     defaults = {f.name: f.default for f in fields(args)}
     for name in must_match:
         # a flag newer than the checkpoint: the run had the flag's default behaviour

@@ -187,6 +187,16 @@ def test_an_incomplete_or_foreign_checkpoint_gets_one_line(tmp_path):
     torch.save(checkpoint, incomplete)
     with pytest.raises(SystemExit, match=r"its actor does not fit mappo.py's network on pure_coordination_in_the_matrix__repeated \(Error"):
         CheckpointPolicy(str(incomplete), flag="--background")
+    # an exported population evaluates but is not a training state; a truncated checkpoint is unreadable
+    save_fake_checkpoint(incomplete, algorithm="mappo", hidden=16)
+    line = error_line(run_script("mappo.py", "--resume", str(incomplete), "--hidden-size", "16", cwd=tmp_path, check=False))
+    assert line == (f"error: --resume {incomplete} holds no training state (run_name, iteration, global_step, critic, "
+                    f"value_norm, optimizer, rng missing): a population exported by study.py --results evaluates but "
+                    f"cannot be resumed")
+    data = incomplete.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match=r"truncated.pt is not a readable checkpoint \(\w+\)$"):
+        CheckpointPolicy(str(tmp_path / "truncated.pt"))
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(SystemExit, match=r"text.pt is not a readable checkpoint \(\w+\)$"):
         CheckpointPolicy(str(tmp_path / "text.pt"))

@@ -383,3 +383,26 @@ def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
     os.remove(copy / "results.md")
     run_script("study.py", "--from-results", str(copy), cwd=tmp_path, timeout=300)
     assert (copy / "results.md").read_text() == open(f"{study}/results.md").read()
+
+
+def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
+    """Binned means by hand: returns 1 and 3 in the first half of 100 steps, 5 and 7 (9 and 11 for the second
+    seed) in the second; the table averages each seed's bins weighted by how many returns they hold."""
+    from study import binned_curves, learning_curves
+
+    runs = []
+    for seed, values in [(1, [1.0, 3.0, 5.0, 7.0]), (2, [1.0, 3.0, 9.0, 11.0])]:
+        scalars = {"charts/episodic_return": (np.array([10, 20, 60, 62]), np.array(values)),
+                   "losses/value_loss": (np.array([100]), np.array([0.5]))}
+        curve = binned_curves(scalars, last=100, bins=10)
+        assert curve.step_end.tolist() == list(range(10, 101, 10))
+        # bins are (start, end]: step 60 is the last of (50, 60], 62 in (60, 70]
+        assert curve["charts/episodic_return (count)"].tolist() == [1, 1, 0, 0, 0, 1, 1, 0, 0, 0]
+        assert curve["charts/episodic_return"].iloc[6] == values[3] and np.isnan(curve["losses/value_loss"].iloc[0])
+        os.makedirs(tmp_path / f"res/runs/m__seed{seed}")
+        curve.to_csv(tmp_path / f"res/runs/m__seed{seed}/training.csv", index=False)
+        runs.append(Run(Method("m", "mappo", ()), seed, str(tmp_path / f"nowhere{seed}")))
+    table = learning_curves(runs, str(tmp_path / "res"), 100, str(tmp_path / "curves.png"), "t", points=2)
+    assert table.splitlines()[0] == "| method | seeds | 0K-0.05K | 0.05K-0.1K |"
+    assert table.splitlines()[2] == "| m | 2 | 2.00 (2.00-2.00) | 8.00 (6.00-10.00) |"
+    assert os.path.getsize(tmp_path / "curves.png") > 10_000
