@@ -805,6 +805,24 @@ def markdown_by_method(summary):
     return "\n".join(lines)
 
 
+def markdown_by_population(populations, results):
+    """One row per focal population: its mean return beside itself, beside the populations it never met
+    (every episode of those pairs pooled), and beside each reference, each +- the half-width of a 95%
+    Student-t interval over the episodes: which seeds learned, and whose held-out returns differ."""
+    names = [p.name for p in populations]
+    columns = [("self-play", lambda f, b: b == f), ("held-out (never met)", lambda f, b: b in names and b != f),
+               ("vs uniform random", lambda f, b: b == RANDOM), ("vs untrained", lambda f, b: b == UNTRAINED)]
+    lines = ["| population | " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for focal in names:
+        cells = []
+        for _, wanted in columns:
+            episodes = [r for (f, b), returns in results.items() if f == focal and wanted(f, b) for r in returns]
+            cells.append("-" if not episodes else f"{np.mean(episodes):.2f} ± "
+                         f"{eval_scenarios.confidence_interval(episodes):.2f} ({len(episodes)})")
+        lines.append(f"| {focal} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_outputs(populations, backgrounds, results, matrix, summary, args):
     """OUT/results.md (the table), crossplay.csv (one row per pair), crossplay.json (matrix, summary,
     every episode), crossplay_heatmap.png and methods.png. Returns the table."""
@@ -820,6 +838,8 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
             f.write(f"\n## Held-out by background method\n\nThe focal method's return beside one method's "
                     f"runs alone (beside its own method: its other seeds, never its own run)\n\n"
                     f"{markdown_by_method(summary)}\n")
+        f.write(f"\n## Per population\n\nmean ± half-width of a 95% t-interval over the episodes (episodes)\n\n"
+                f"{markdown_by_population(populations, results)}\n")
     rows = []
     for focal in populations:
         for name in backgrounds:

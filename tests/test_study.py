@@ -406,3 +406,15 @@ def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
     assert table.splitlines()[0] == "| method | seeds | 0K-0.05K | 0.05K-0.1K |"
     assert table.splitlines()[2] == "| m | 2 | 2.00 (2.00-2.00) | 8.00 (6.00-10.00) |"
     assert os.path.getsize(tmp_path / "curves.png") > 10_000
+
+
+def test_per_population_rows_pool_each_populations_episodes(tmp_path):
+    from study import markdown_by_population
+
+    populations, backgrounds, results, args = synthetic_study(tmp_path)
+    table = markdown_by_population(populations, results).splitlines()
+    assert table[0] == "| population | self-play | held-out (never met) | vs uniform random | vs untrained |"
+    held = [r for b in ("mappo__seed1", "bidist__seed1", "bidist__seed2") for r in results["mappo__seed2", b]]
+    expected = f"{np.mean(held):.2f} ± {2.306 * np.std(held, ddof=1) / 3:.2f} (9)"  # t(0.975, 8 dof) = 2.306
+    assert table[3].split(" | ")[2] == expected
+    assert table[3].startswith(f"| mappo__seed2 | {np.mean(results['mappo__seed2', 'mappo__seed2']):.2f} ± ")
