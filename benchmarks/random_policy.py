@@ -1,11 +1,15 @@
 """Per-player episode return of uniformly random play: the floor a learning curve must clear.
 
     python benchmarks/random_policy.py --substrate pure_coordination_in_the_matrix__repeated --episodes 64
+    python benchmarks/random_policy.py --substrate stag_hunt_in_the_matrix__repeated --output results/uniform_random.csv
+
+`--output` keeps one row per substrate in a CSV (the regime scan's reference: benchmarks/regime_scan.py).
 """
 
 import os
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import tyro
@@ -24,6 +28,8 @@ class Args:
     """parallel substrate instances"""
     seed: int = 1
     """seed of the environments and of the random actions"""
+    output: Optional[str] = None
+    """a CSV to write this substrate's row to (other substrates' rows are kept)"""
 
 
 if __name__ == "__main__":
@@ -45,3 +51,14 @@ if __name__ == "__main__":
     print(f"{args.substrate}, uniformly random actions, {len(returns)} episodes (mean length {np.mean(lengths):.0f}):")
     print(f"return/player {returns.mean():.2f} ± {returns.std(ddof=1) / np.sqrt(len(returns)):.2f} (s.e.), "
           f"collective return {np.mean(collective[: args.episodes]):.2f}")
+    if args.output:
+        import pandas as pd
+
+        row = {"substrate": args.substrate, "episodes": len(returns), "return_per_player": returns.mean(),
+               "standard_error": returns.std(ddof=1) / np.sqrt(len(returns)),
+               "collective_return": np.mean(collective[: args.episodes]), "mean_length": np.mean(lengths),
+               "seed": args.seed}
+        table = pd.read_csv(args.output) if os.path.exists(args.output) else pd.DataFrame(columns=list(row))
+        table = pd.concat([table[table.substrate != args.substrate], pd.DataFrame([row])]).sort_values("substrate")
+        utils.write_atomically(args.output, "w", lambda f: table.to_csv(f, index=False, float_format="%.4f"))
+        print(f"written to {args.output}")

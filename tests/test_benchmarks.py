@@ -82,3 +82,34 @@ def test_stride_one_keeps_weights_and_reads_the_full_map(monkeypatch):
     assert value.shape == (6,)
     assert critic.obs_cnn[2] is conv and conv.stride == (1, 1) and torch.equal(conv.weight, weight)
     assert critic.obs_cnn[5].in_features == 32 * 11 * 11 and critic.world_cnn[5].in_features == 32 * 16 * 24
+
+
+def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch):
+    """Three seeds: two earn 4 beside themselves, one 1.5; every held-out pair earns 1. Against uniform
+    random play of 1, two of three seeds reach 2x and the gap (self-play - held-out) is above 0 in
+    every bootstrap draw: it qualifies. Against random play of 2.5, no seed reaches 2x: it does not."""
+    import json
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import regime_scan
+    import study
+
+    names = [f"mappo__seed{s}" for s in (1, 2, 3)]
+    episodes = {(f, b): [4.0 if f != names[2] else 1.5] * 3 if f == b else [1.0, 0.9, 1.1] for f in names for b in names}
+    episodes.update({(f, r): [0.5] * 3 for f in names for r in (study.RANDOM, study.UNTRAINED)})
+    keys = {pair: {"focal": [pair[0], "x"], "background": [pair[1], ["y"]], "seed": 1, "num_focal": 1} for pair in episodes}
+    folder = tmp_path / "scan"
+    os.makedirs(folder)
+    study.write_committed_episodes(str(folder), keys, episodes)
+    json.dump({"command": "", "args": {"substrate": "stag_hunt_in_the_matrix__repeated", "seeds": [1, 2, 3], "seed": 1,
+                                       "bootstrap_samples": 2000}}, open(folder / "study.json", "w"))
+    row = regime_scan.judge(str(folder), 1.0)
+    assert row["learned"] == 2 and row["qualifies"] and not row["competitive"]
+    assert row["summary"]["self_play"][0] == np.mean([4.0, 4.0, 1.5]) and row["summary"]["held_out"][0] == 1.0
+    assert row["summary"]["gap"][1] > 0
+    assert "| stag_hunt | 1.00 | 4.00, 4.00, 1.50 | 2 of 3 |" in regime_scan.markdown([row])
+    assert "**yes** (gap > 0: yes)" in regime_scan.markdown([row])
+    row = regime_scan.judge(str(folder), 2.5)
+    assert row["learned"] == 0 and not row["qualifies"]
