@@ -461,9 +461,16 @@ def export_run(run, args):
     row = training_row({tag: scalars[tag] for tag in TRAINING_TAGS if tag in scalars})
     utils.save_json(f"{out}/summary.json", {
         "name": run.name, "method": run.method.label, "seed": run.seed, "global_step": checkpoint["global_step"],
-        "commands": [command.replace(ROOT + "/", "") for command in commands],
+        "commands": [portable(command) for command in commands],
         "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}})
     print(f"{run.name}: exported to {out}/", flush=True)
+
+
+def portable(command):
+    """A training command as anyone can type it: `python mappo.py ...`, not this machine's paths."""
+    words = shlex.split(command)
+    words = ["python" if i == 0 else os.path.basename(w) if w.endswith(".py") else w for i, w in enumerate(words)]
+    return shlex.join(words)
 
 
 def export_population(path, to):
@@ -545,7 +552,7 @@ def record_study(args):
         if saved["args"]["substrate"] != args.substrate:
             raise SystemExit(f"error: --results {args.results} holds a study on {saved['args']['substrate']}, not "
                              f"{args.substrate}; use another --results")
-    flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results")}
+    flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results", "train_only")}
     command = shlex.join(["python", "study.py", *sys.argv[1:]])
     utils.save_json(record, {"command": command, "args": flags})
 
