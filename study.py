@@ -960,21 +960,33 @@ def policy_space(populations, args, snapshot_dirs=None):
     """Embeds the action distributions of every run's snapshots (theta, and phi where the run has one)
     and final theta on the probe set with t-SNE, and draws them: one colour per method and
     population, later snapshots larger, final populations as stars, each run's theta path as a line.
-    Writes OUT/policy_space.png and the points to OUT/policy_space.csv."""
+    Writes OUT/policy_space.png and the points to OUT/policy_space.csv. With --results, each run's
+    points and action distributions (in 1/255 steps) are exported as runs/{name}/policy_features.npz
+    and read back where the run's snapshots are not on this machine, so an extended study embeds
+    every run's path; every embedding uses the quantised distributions, so both give one picture."""
     import pandas as pd
     from sklearn.manifold import TSNE
 
     first = eval_scenarios.CheckpointPolicy(populations[0].checkpoint)
     probe = probe_observations(args.substrate, first.downsample, args.seed)
+    probe_key = f"{args.substrate} seed {args.seed} downsample {first.downsample} shape {tuple(probe[0].shape)}"
     points, features = [], []
     for population in populations:
         policy = eval_scenarios.CheckpointPolicy(population.checkpoint)
         if policy.downsample != first.downsample:
             print(f"policy space: {population.name} skipped (other --downsample than {populations[0].name})")
             continue
+        exported = getattr(args, "results", None) and f"{args.results}/runs/{population.name}/policy_features.npz"
+        run_dir = (snapshot_dirs or {}).get(population.name)
+        if exported and os.path.exists(exported) and not run_dir:
+            saved = np.load(exported)
+            if str(saved["probe"]) == probe_key:
+                points += json.loads(str(saved["points"]))
+                features += list(saved["features"])
+                continue
+        first_point = len(points)
         checkpoint = utils.load_checkpoint(population.checkpoint, "population")
-        run_dir = (snapshot_dirs or {}).get(population.name, os.path.dirname(population.checkpoint))
-        snapshots = sorted(glob.glob(f"{run_dir}/snapshots/*.pt"))
+        snapshots = sorted(glob.glob(f"{run_dir or os.path.dirname(population.checkpoint)}/snapshots/*.pt"))
         for path in snapshots + [population.checkpoint]:
             snapshot = utils.read_file(path, "snapshot")
             if path != population.checkpoint and snapshot["iteration"] == checkpoint["iteration"] and \
@@ -987,12 +999,17 @@ def policy_space(populations, args, snapshot_dirs=None):
                            "iteration": snapshot["iteration"], "fraction": snapshot["iteration"] /
                            max(1, checkpoint["args"]["num_iterations"]), "final": final,
                            "last_phase": snapshot.get("last_phase")})
-            features.append(action_distributions(policy.actor, probe))
+            features.append(np.round(action_distributions(policy.actor, probe) * 255).astype(np.uint8))
+        if exported and run_dir:
+            os.makedirs(os.path.dirname(exported), exist_ok=True)
+            utils.write_atomically(exported, "wb", lambda f: np.savez_compressed(
+                f, probe=probe_key, points=json.dumps(points[first_point:]), features=np.stack(features[first_point:])))
     if len(points) < 4:
         print("policy space: fewer than 4 snapshots, no picture")
         return
-    embedding = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=args.seed).fit_transform(
-        np.stack(features))
+    features = np.stack(features).astype(np.float32) / 255
+    init = "pca" if features.std(0).sum() > 0 else "random"  # PCA of identical rows (untrained runs) divides by 0
+    embedding = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init=init, random_state=args.seed).fit_transform(features)
     table = pd.DataFrame(points).assign(x=embedding[:, 0], y=embedding[:, 1],
                                         probe_observations=probe[0].shape[0] * probe[0].shape[1])
     table.to_csv(f"{args.out}/policy_space.csv", index=False)

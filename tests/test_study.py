@@ -330,8 +330,7 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     statistics, every episode: with the study's folder gone, --from-results writes the same tables without
     training or playing, and a later call with one more seed trains that seed and plays only its pairs."""
     flags = ["--out", "study", "--results", "res", "--substrate", "collaborative_cooking__asymmetric", "--seeds", "1", "2",
-             "--total-timesteps", "64", "--train-flags=" + " ".join(TINY), "--num-episodes", "1", "--num-untrained", "1",
-             "--no-policy-space"]
+             "--total-timesteps", "64", "--train-flags=" + " ".join(TINY), "--num-episodes", "1", "--num-untrained", "1"]
     run_script("study.py", *flags, cwd=tmp_path, timeout=600)
     res = tmp_path / "res"
     for name in ("mappo__seed1", "mappo__seed2", "bidist_mappo__seed1", "bidist_mappo__seed2"):
@@ -344,6 +343,7 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
         assert ("phi" in saved) == name.startswith("bidist")
         curve = pd.read_csv(res / "runs" / name / "training.csv")
         assert curve.step_end.iloc[-1] == 64 and "losses/value_loss" in curve.columns
+        assert np.load(res / "runs" / name / "policy_features.npz")["features"].dtype == np.uint8
         summary = json.load(open(res / "runs" / name / "summary.json"))
         assert summary["global_step"] == 64 and "--seed" in summary["commands"][0]
     assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 4 * (4 + 2)
@@ -366,6 +366,10 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     assert "cross-play: 24 (focal, background) pair(s)" in more.stdout
     assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 6 * 8
     assert "| mappo | 3 |" in (res / "results.md").read_text()
+    # the policy space holds the exported runs' snapshots (their features) beside the new seed's
+    space = pd.read_csv(res / "policy_space.csv")
+    assert set(space.seed) == {1, 2, 3} and (space[(space.seed == 1) & (space.method == "mappo")].final == False).any()
+    assert set(space.population) == {"theta", "phi"}
     line = error_line(run_script("study.py", "--from-results", "nowhere", cwd=tmp_path, check=False))
     assert line == "error: --from-results nowhere: no study.json there (a folder written by study.py --results)"
 
