@@ -381,14 +381,17 @@ COMMITTED_STUDIES = sorted(p for p in glob.glob(f"{ROOT}/results/*/study.json")
 
 @pytest.mark.parametrize("record", COMMITTED_STUDIES, ids=[p.split("/")[-2] for p in COMMITTED_STUDIES])
 def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
-    """The README's tables come from results/: each committed study's results.md is what --from-results
-    computes from its committed populations and episodes, with no training and no episode played."""
+    """The README's tables come from results/: each committed study's results.md and training.md are what
+    --from-results computes from its committed populations, logs and episodes, with no training and no
+    episode played (it refuses to do either)."""
     study = os.path.dirname(record)
     copy = tmp_path / os.path.basename(study)
     shutil.copytree(study, copy)
-    os.remove(copy / "results.md")
+    for name in ("results.md", "training.md"):
+        os.remove(copy / name)
     run_script("study.py", "--from-results", str(copy), cwd=tmp_path, timeout=300)
-    assert (copy / "results.md").read_text() == open(f"{study}/results.md").read()
+    for name in ("results.md", "training.md"):
+        assert (copy / name).read_text() == open(f"{study}/{name}").read(), name
 
 
 def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
