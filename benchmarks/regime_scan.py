@@ -5,9 +5,10 @@ references (random_policy.py --output), plays nothing.
     python benchmarks/regime_scan.py results/scan1m_*
 
 A substrate qualifies (issue 25) when at least 2 of 3 seeds (two thirds of them) reach a self-play
-return of at least 2x uniform random play, and either the gap (self-play - held-out) is separated from
-0, or, on a competitive substrate, the held-out returns of two seeds differ by more than their intervals
-(populations exploitable by strangers).
+return of at least 2x uniform random play and the gap (self-play - held-out) is separated from 0; a
+competitive (zero-sum) substrate, where every population earns 0 beside itself and random play earns 0,
+qualifies when the held-out returns of two seeds differ by more than their intervals (populations
+exploitable by strangers).
 """
 
 import json
@@ -56,7 +57,8 @@ def judge(folder, random_play, method="mappo"):
     learned = sum(s >= 2 * random_play for s in self_play)
     competitive = saved["substrate"] in COMPETITIVE
     gap_separated = summary["gap"][1] > 0
-    qualifies = learned >= 2 * len(names) / 3 and (exploitable if competitive else gap_separated)
+    # zero-sum: every population earns 0 beside itself on average, so "2x random" says nothing there
+    qualifies = exploitable if competitive else learned >= 2 * len(names) / 3 and gap_separated
     return {"substrate": saved["substrate"].removesuffix("_in_the_matrix__repeated"), "random": random_play,
             "self_play_seeds": self_play, "learned": learned, "seeds": len(names), "summary": summary,
             "held_out_seeds": held_ci, "exploitable": exploitable, "competitive": competitive, "qualifies": qualifies}
