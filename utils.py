@@ -486,10 +486,6 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
             f"error: --resume {path} is a {checkpoint['algorithm']} checkpoint; "
             f"this script resumes only {algorithm} checkpoints"
         )
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing:
-        raise SystemExit(f"error: --resume {path} holds no training state ({', '.join(missing)} missing): a population "
-                         f"exported by study.py --results evaluates but cannot be resumed")
     defaults = {f.name: f.default for f in fields(args)}
     for name in must_match:
         # a flag newer than the checkpoint: the run had the flag's default behaviour
@@ -497,6 +493,10 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
         if saved != given:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise SystemExit(f"error: --resume {path} holds no training state ({', '.join(missing)} missing): a population "
+                         f"exported by study.py --results evaluates but cannot be resumed")
 
 
 def actor_sizes(substrate_name: str, downsample: bool):

@@ -102,7 +102,8 @@ def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
 
 
 def test_a_mappo_checkpoint_is_refused(tmp_path):
-    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "args": {"substrate": "coins"}}
+    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "actor": {},
+             "args": {"substrate": "coins", "downsample": True, "hidden_size": 128}}
     torch.save(saved, tmp_path / "mappo.pt")
     line = error_line(run_script("bidist_mappo.py", "--resume", "mappo.pt", cwd=tmp_path, check=False))
     assert line == ("error: --resume mappo.pt is a mappo checkpoint; "

@@ -157,7 +157,8 @@ def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
 
 
 def test_foreign_checkpoints_are_refused(tmp_path):
-    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "args": {"substrate": "coins"}}
+    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "actor": {},
+             "args": {"substrate": "coins", "downsample": True, "hidden_size": 128}}
     torch.save(saved, tmp_path / "coins.pt")
     line = error_line(run_script("mappo.py", "--resume", "coins.pt", "--substrate", "clean_up", cwd=tmp_path, check=False))
     assert line == "error: --resume coins.pt was trained with --substrate coins, not clean_up"

@@ -230,7 +230,8 @@ def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
 
 
 def test_a_checkpoint_from_before_options_input_resumes_as_recurrent():
-    older = {"algorithm": "opre_mappo", "args": {"substrate": "coins", "num_options": 8}}  # no options_input saved
+    older = {"algorithm": "opre_mappo", "args": {"substrate": "coins", "num_options": 8},  # no options_input saved
+             **{key: None for key in utils.RESUME_KEYS}}
     must_match = ("substrate", "num_options", "options_input")
     utils.check_checkpoint(older, "old.pt", "opre_mappo", Args(substrate="coins"), must_match=must_match)
     with pytest.raises(SystemExit, match=r"^error: --resume old.pt was trained with --options-input recurrent, not frame$"):
