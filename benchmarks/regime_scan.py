@@ -30,7 +30,7 @@ COMPETITIVE = {"running_with_scissors_in_the_matrix__repeated"}  # zero-sum: jud
 
 @dataclass
 class Args:
-    studies: tuple[str, ...]
+    studies: tyro.conf.Positional[tuple[str, ...]]
     """exported study folders (study.py --results), one MAPPO study per substrate"""
     random: str = "results/uniform_random.csv"
     """uniform-random play per substrate (benchmarks/random_policy.py --output)"""
