@@ -18,10 +18,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 import utils
 
+# this file's name: checkpoints name the script that wrote them, so a copy under a new name names the copy
+SCRIPT = os.path.basename(__file__)[: -len(".py")]
+
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    exp_name: str = SCRIPT
     """the name of this experiment"""
     seed: int = 1
     """seed of Python's `random` (Melting Pot's engine draws from it), numpy and torch, here and in every env worker"""
@@ -610,7 +613,7 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
-        utils.check_checkpoint(checkpoint, args.resume, "bidist_mappo", args,
+        utils.check_checkpoint(checkpoint, args.resume, SCRIPT, args,
                                must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"))
         run_name = checkpoint["run_name"]
     else:
@@ -678,7 +681,7 @@ if __name__ == "__main__":
     def state(iteration):
         """What a checkpoint holds, as of the end of `iteration`."""
         return {
-            "algorithm": "bidist_mappo", "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
+            "algorithm": SCRIPT, "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
             "iteration": iteration, "global_step": global_step,
             "actor": actor.state_dict(), "critic": critic.state_dict(), "value_norm": value_norm.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
