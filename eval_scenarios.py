@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @dataclass
 class Args:
     checkpoint: str
-    """the focal population: a checkpoint of any algorithm script (*mappo.py; for BiDist, theta)"""
+    """the focal population: a checkpoint of any training script here (for BiDist, theta)"""
     scenarios: list[str] = field(default_factory=list)
     """official scenarios by name (clean_up_0) or by substrate (clean_up: all of its scenarios); default:
     every scenario of the checkpoint's substrate, unless --background is given"""
@@ -64,19 +64,18 @@ class Target:
 
 
 def algorithm_scripts():
-    """The training scripts beside this file whose checkpoints evaluation reads: every *mappo.py."""
-    return sorted(name[: -len(".py")] for name in os.listdir(HERE) if name.endswith("mappo.py"))
+    """The training scripts beside this file whose checkpoints evaluation reads (`utils.training_scripts`)."""
+    return utils.training_scripts(HERE)
 
 
 class CheckpointPolicy:
-    """The trained population `theta` of any algorithm script's checkpoint as a Melting Pot policy
+    """The trained population `theta` of any training script's checkpoint as a Melting Pot policy
     (`initial_state`, `step`, `close`, as `meltingpot.utils.policies.policy.Policy`).
 
-    The contract between a training script and evaluation: the checkpoint holds `algorithm` (the
-    script's name, `X` for `X.py` beside this file), `substrate`, `args` (the run's flags) and
-    `actor` (the state dict of the script's `Actor(sizes, args)`, with `initial_state(batch,
-    device)`, `get_states(rgb, vector, state, done)` and a `policy` head). A new script that keeps
-    that contract is evaluated with no edit here.
+    The checkpoint names its script (`algorithm`, the script's own file name); evaluation rebuilds that
+    script's `Actor(sizes, args)` from the checkpoint's `args` and loads `actor` into it. What a script
+    provides for this is the contract of `utils.training_script` (docs/add-your-own-method.md): a new
+    script that keeps it is evaluated with no edit here.
 
     It applies the training preprocessing (`player_features`) to the focal observation, carries
     the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
@@ -90,17 +89,16 @@ class CheckpointPolicy:
     def __init__(self, path: str, flag: str = "--checkpoint", device: str = "cpu"):
         checkpoint = utils.load_checkpoint(path, flag)
         script = checkpoint["algorithm"]
-        if script not in algorithm_scripts():
-            raise SystemExit(f"error: {flag} {path} was written by {script}.py, which is not beside eval_scenarios.py; "
-                             f"algorithm scripts here: {', '.join(s + '.py' for s in algorithm_scripts())}")
+        module = utils.training_script(script, f"{flag} {path} was written by", root=HERE)
         self.path, self.substrate, self.device = path, checkpoint["substrate"], torch.device(device)
         saved = checkpoint["args"]
         self.downsample = saved["downsample"]
         self.vector_keys, sizes = utils.actor_sizes(self.substrate, self.downsample)
-        module = importlib.import_module(script)
         try:  # the script's own network; a flag newer than the checkpoint takes its default, the behaviour the run had
             self.actor = module.Actor(sizes, SimpleNamespace(**{**asdict(module.Args()), **saved}))
             self.actor.load_state_dict(checkpoint["actor"])
+            if not callable(getattr(self.actor, "policy", None)):
+                raise TypeError("its Actor has no policy head (actor.policy)")
         except (RuntimeError, TypeError, ValueError) as e:
             reason = str(e).strip().splitlines()[0][:200]
             raise SystemExit(f"error: {flag} {path}: its actor does not fit {script}.py's network on "

@@ -95,18 +95,28 @@ def parse_method(spec):
     if not words:
         raise SystemExit(f"error: --methods {spec!r} names no script")
     script, flags = words[0].removesuffix(".py"), tuple(words[1:])
-    valid = eval_scenarios.algorithm_scripts()
-    if script not in valid:
-        raise SystemExit(f"error: --methods {spec!r}: no training script {script}.py; valid: {', '.join(valid)}")
+    module = utils.training_script(script, f"--methods {spec!r} names", root=eval_scenarios.HERE)
     for flag in flags:
         if flag.split("=")[0] in RUNNER_FLAGS:
             raise SystemExit(f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
                              f"(use --seeds / --total-timesteps / --substrate)")
+    check_flags(module, script, flags, f"--methods {spec!r}")
     if label is None:
         label = script + "".join(f"_{w.lstrip('-')}" for w in flags)
     if not label or any(c in label for c in "/ "):
         raise SystemExit(f"error: --methods {spec!r}: the label must be non-empty, without '/' or spaces")
     return Method(label, script, flags)
+
+
+def check_flags(module, script, words, what):
+    """A one-line error, before any training starts, for a flag in `words` that `script`'s Args has no field for."""
+    from dataclasses import fields
+
+    names = {f.name.replace("_", "-") for f in fields(module.Args)}
+    for word in words:
+        flag = word.split("=")[0]
+        if flag.startswith("--") and flag[2:] not in names and not (flag.startswith("--no-") and flag[5:] in names):
+            raise SystemExit(f"error: {what} passes {flag}, which {script}.py does not take (python {script}.py --help)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,15 +176,30 @@ def thread_env(threads):
     return env
 
 
-def last_progress(log_path):
-    """The last progress line (`iter ...`) of a training log, shortened, or ''."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - 4096))
-            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.startswith("iter ")]
-    except OSError:
-        return ""
-    return " | ".join(lines[-1].split(" | ")[:4]) if lines else ""
+class Progress:
+    """A running run's progress from its own TensorBoard log (read incrementally), as one short line: its env
+    steps, `charts/SPS` and the mean of its last 20 `charts/episodic_return`s. The log is flushed every two
+    minutes, so the line may be that old."""
+
+    def __init__(self, run, total_timesteps):
+        self.run, self.total, self.events = run, total_timesteps, None
+
+    def line(self):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        if self.events is None:
+            found = sorted(glob.glob(f"{self.run.directory}/runs/*/events.out.tfevents.*"))
+            if not found:
+                return ""
+            self.events = EventAccumulator(os.path.dirname(found[-1]), size_guidance={"scalars": 0})
+        self.events.Reload()
+        tags = set(self.events.Tags()["scalars"])
+        if "charts/SPS" not in tags:
+            return ""
+        sps = self.events.Scalars("charts/SPS")[-1]
+        returns = [e.value for e in self.events.Scalars(RETURN_TAG)[-20:]] if RETURN_TAG in tags else []
+        return (f"step {sps.step:,}/{self.total:,} ({sps.step / self.total:.0%}) | SPS {sps.value:,.0f} | return/player "
+                + (f"{np.mean(returns):.2f}" if returns else "-"))
 
 
 def train_all(runs, args):
@@ -202,7 +227,7 @@ def train_all(runs, args):
         return
     print(f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {per_run} torch thread(s) and "
           f"{per_run} env worker(s) each; logs in {args.out}/<run>/train.log", flush=True)
-    running, failed, last_print = {}, [], 0.0
+    running, failed, last_print, progress_of = {}, [], 0.0, {}
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -217,6 +242,7 @@ def train_all(runs, args):
                     command, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT, env=thread_env(per_run),
                     start_new_session=True))
                 print(f"{run.name}: {'resumed from ' + run.checkpoint() if status == 'resume' else 'started'}", flush=True)
+                progress_of[run.name] = Progress(run, args.total_timesteps)
             time.sleep(1)
             for name, (run, log, process) in list(running.items()):
                 if process.poll() is None:
@@ -233,7 +259,7 @@ def train_all(runs, args):
             if running and time.time() - last_print > 60:
                 last_print = time.time()
                 for name, (run, _, _) in running.items():
-                    progress = last_progress(f"{run.directory}/train.log")
+                    progress = progress_of[name].line()
                     if progress:
                         print(f"  {name}: {progress}", flush=True)
     except KeyboardInterrupt:
@@ -248,33 +274,35 @@ def train_all(runs, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# What the runs' own logs say: final returns and, for BiDist, whether phi stayed a live policy
+# What the runs' own logs say: the return every script logs, and each method's own scalars, read by name
+# space so that a new method's diagnostics reach training.md with no edit here
 
-TRAINING_COLUMNS = [  # (column, TensorBoard tag, statistic over the run)
-    # the trained slots' return: BiDist logs it as its headline; runs of before that change, under mixed/
-    ("return (trained slots), last 10%", ("mixed/episodic_return_trained", "charts/episodic_return"), "last"),
-    ("fictitious slots' return, last 10%", "mixed/episodic_return_fictitious", "last"),
-    ("phi_logp_ratio at the end", "distill/phi_logp_ratio", "final"),
-    ("phi_logp_ratio, minimum", "distill/phi_logp_ratio", "min"),
-    ("phi input dependence at the end (nats)", "distill/phi_input_dependence", "final"),
-    ("theta input dependence at the end (nats)", "distill/theta_input_dependence", "final"),
-    ("KL after reverse, 2nd half", "distill/kl_after_reverse", "half"),
-    ("KL after forward, 2nd half", "distill/kl_after_forward", "half"),
-]
+RETURN_TAG = "charts/episodic_return"  # the contract: every script's trained slots' per-player episode return
+RETURN_COLUMN = "return (trained slots), last 10%"
+SHARED_NAMESPACES = ("charts", "losses", "players")  # what every script logs; any other namespace is a method's own
+OWN_STATISTICS = ("last 10%", "minimum", "final")
 
 
-DEAD_PHASE_TAGS = ["distill/direction", "distill/phi_logp_ratio", "distill/phi_input_dependence",
-                   "distill/theta_input_dependence"]
-DEAD_PHASES_COLUMN = "reverse phases dead: ratio < 0.5 / input dependence < 0.4 of theta's"
+def last_tenth(steps, values, last_step):
+    """The mean of `values` logged after 90% of `last_step`, or nan when none was."""
+    late = steps > 0.9 * last_step
+    return values[late].mean() if late.any() else np.nan
 
 
-def dead_reverse_phases(scalars):
-    """(reverse phases, those ending with phi_logp_ratio below 0.5, those ending with phi's input dependence
-    below 0.4 of theta's) of one run: the phases after which phi is not a live policy (issue 8's bars)."""
-    by_step = [dict(zip(*scalars[tag])) for tag in DEAD_PHASE_TAGS]
-    reverse = [step for step, direction in by_step[0].items() if direction < 0 and all(step in x for x in by_step)]
-    ratio, phi, theta = by_step[1:]
-    return (len(reverse), sum(ratio[s] < 0.5 for s in reverse), sum(phi[s] < 0.4 * theta[s] for s in reverse))
+def training_row(scalars):
+    """One run's statistics from its {tag: (steps, values)}: RETURN_COLUMN, and for every scalar in a namespace
+    of the method's own (not SHARED_NAMESPACES) its mean over the last 10% of env steps, its minimum and its
+    final value, as `{tag} ({statistic})`."""
+    last_step = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
+    row = {}
+    if RETURN_TAG in scalars and len(scalars[RETURN_TAG][0]):
+        row[RETURN_COLUMN] = last_tenth(*scalars[RETURN_TAG], last_step)
+    for tag, (steps, values) in sorted(scalars.items()):
+        if tag.split("/")[0] in SHARED_NAMESPACES or not len(steps):
+            continue
+        statistics = last_tenth(steps, values, last_step), values.min(), values[np.argmax(steps)]
+        row.update({f"{tag} ({name})": float(value) for name, value in zip(OWN_STATISTICS, statistics)})
+    return row
 
 
 def run_scalars(run_dir, tags=None):
@@ -288,69 +316,44 @@ def run_scalars(run_dir, tags=None):
             for tag in (sorted(found) if tags is None else tags) if tag in found}
 
 
-def training_row(scalars):
-    """One run's TRAINING_COLUMNS statistics (and its dead reverse phases) from its {tag: (steps, values)}."""
-    last_step = max((steps.max() for steps, _ in scalars.values() if len(steps)), default=0)
-    row = {}
-    for column, tag, statistic in TRAINING_COLUMNS:
-        tag = next((t for t in ((tag,) if isinstance(tag, str) else tag) if t in scalars), None)
-        if tag is None or not len(scalars[tag][0]):
-            continue
-        steps, values = scalars[tag]
-        if statistic == "last":
-            row[column] = values[steps > 0.9 * last_step].mean() if (steps > 0.9 * last_step).any() else np.nan
-        elif statistic == "final":
-            row[column] = values[np.argmax(steps)]
-        elif statistic == "min":
-            row[column] = values.min()
-        else:
-            row[column] = values[steps > 0.5 * last_step].mean() if (steps > 0.5 * last_step).any() else np.nan
-    if all(tag in scalars for tag in DEAD_PHASE_TAGS):
-        row[DEAD_PHASES_COLUMN] = dead_reverse_phases(scalars)
-    return row
-
-
-TRAINING_TAGS = {t for _, tag, _ in TRAINING_COLUMNS for t in ((tag,) if isinstance(tag, str) else tag)} | set(DEAD_PHASE_TAGS)
+def mean_and_range(values):
+    """'mean' of one value, 'mean (min to max)' of several, '-' of none (nan dropped)."""
+    values = np.array(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return ("-" if not len(values) else f"{values.mean():.2f}" if len(values) == 1 else
+            f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})")
 
 
 def training_summary(runs, results=None):
-    """Per method, the mean over its seeds (and the seeds' range) of each TRAINING_COLUMNS statistic,
-    from the runs' own logs, or for a run known only from its export in `results`, from the statistics
-    exported with it; a markdown table, or '' when no run has either."""
+    """Per method, the mean over its seeds (and the seeds' range) of the return over the last 10% of training
+    and of each of its own scalars' statistics (`training_row`), from the runs' own logs, or for a run known
+    only from its export in `results`, from the statistics exported with it; markdown, or '' when no run has
+    either."""
     per_method = {}
     for run in runs:
         checkpoint = run.checkpoint()
         exported = results and f"{results}/runs/{run.name}/summary.json"
         if checkpoint is not None:
-            row = training_row(run_scalars(os.path.dirname(checkpoint), TRAINING_TAGS))
+            row = training_row(run_scalars(os.path.dirname(checkpoint)))
         elif exported and os.path.exists(exported):
             with open(exported) as f:
-                row = {k: np.nan if v is None else tuple(v) if isinstance(v, list) else v
-                       for k, v in json.load(f)["training"].items()}
+                row = {k: np.nan if v is None else v for k, v in json.load(f)["training"].items()}
         else:
             continue
         per_method.setdefault(run.method.label, []).append(row)
     if not per_method:
         return ""
-    columns = [c for c in [*(c for c, _, _ in TRAINING_COLUMNS), DEAD_PHASES_COLUMN]
-               if any(c in row for rows in per_method.values() for row in rows)]
-    lines = ["| method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    lines = [f"| method | seeds | {RETURN_COLUMN} |", "|---|---|---|"]
+    lines += [f"| {method} | {len(rows)} | {mean_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
+              for method, rows in per_method.items()]
+    own = ["", f"each method's own scalars (TensorBoard namespaces other than {', '.join(n + '/' for n in SHARED_NAMESPACES)}): "
+           "mean over seeds (range) of each run's mean over its last 10% of env steps, minimum and final value", "",
+           "| method | scalar | " + " | ".join(OWN_STATISTICS) + " |", "|---|---|" + "---|" * len(OWN_STATISTICS)]
     for method, rows in per_method.items():
-        cells = []
-        for column in columns:
-            if column == DEAD_PHASES_COLUMN:  # counted over all seeds
-                phases, low_ratio, low_dependence = np.sum([row.get(column, (0, 0, 0)) for row in rows], axis=0)
-                cells.append(f"{low_ratio} / {low_dependence} of {phases}" if phases else "-")
-                continue
-            values = np.array([row.get(column, np.nan) for row in rows], dtype=float)
-            values = values[~np.isnan(values)]
-            cells.append("-" if not len(values) else f"{values.mean():.2f}" if len(values) == 1 else
-                         f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})")
-        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-RETURN_TAG = "charts/episodic_return"  # every script's headline: the trained slots' per-player episode return
+        tags = sorted({k.rsplit(" (", 1)[0] for row in rows for k in row if k != RETURN_COLUMN and k.endswith(")")})
+        own += [f"| {method} | {tag} | " + " | ".join(mean_and_range([row.get(f"{tag} ({name})", np.nan) for row in rows])
+                                                     for name in OWN_STATISTICS) + " |" for tag in tags]
+    return "\n".join(lines + (own if len(own) > 5 else []))
 
 
 def run_curve(run, results=None):
@@ -441,7 +444,7 @@ def binned_curves(scalars, last, bins=CURVE_BINS):
         counts = np.bincount(which, minlength=bins)
         with np.errstate(invalid="ignore"):
             table[tag] = np.bincount(which, weights=values, minlength=bins) / counts
-        if tag in ("charts/episodic_return", "mixed/episodic_return_trained"):
+        if tag == RETURN_TAG:  # how many episodes each bin's mean return is of, for weighting bins together
             table[f"{tag} (count)"] = counts
     return pd.DataFrame(table)
 
@@ -458,17 +461,20 @@ def export_run(run, args):
     utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars, checkpoint["global_step"]).to_csv(f, index=False))
     with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
         commands = [line[2:].strip() for line in f if line.startswith("$ ")]
-    row = training_row({tag: scalars[tag] for tag in TRAINING_TAGS if tag in scalars})
+    row = training_row(scalars)
     utils.save_json(f"{out}/summary.json", {
         "name": run.name, "method": run.method.label, "seed": run.seed, "global_step": checkpoint["global_step"],
-        "commands": [portable(command) for command in commands],
+        "commands": list(dict.fromkeys(portable(command) for command in commands)),
         "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}})
     print(f"{run.name}: exported to {out}/", flush=True)
 
 
 def portable(command):
-    """A training command as anyone can type it: `python mappo.py ...`, not this machine's paths."""
+    """A training command as anyone can type it: `python mappo.py ...`, not this machine's paths (a resume of
+    the same run, whose checkpoint path is this machine's, is the same command)."""
     words = shlex.split(command)
+    if "--resume" in words:
+        del words[words.index("--resume"): words.index("--resume") + 2]
     words = ["python" if i == 0 else os.path.basename(w) if w.endswith(".py") else w for i, w in enumerate(words)]
     return shlex.join(words)
 
@@ -543,8 +549,8 @@ def export_study(args):
             shutil.copyfile(f"{args.out}/{name}", f"{args.results}/{name}")
 
 
-def record_study(args):
-    """--results/study.json: the study's command and flags, for a later call (--from-results reads them)."""
+def check_record(args):
+    """A one-line error when --results holds a study on another substrate."""
     record = f"{args.results}/study.json"
     if os.path.exists(record):
         with open(record) as f:
@@ -552,9 +558,16 @@ def record_study(args):
         if saved["args"]["substrate"] != args.substrate:
             raise SystemExit(f"error: --results {args.results} holds a study on {saved['args']['substrate']}, not "
                              f"{args.substrate}; use another --results")
+
+
+def record_study(args, external):
+    """--results/study.json: the command and flags of the call that wrote the tables there, and the populations
+    it added with --runs (`external`), for a later call (--from-results reads them). Written with the tables,
+    not before training, so that a folder committed while a longer call trains still regenerates its tables."""
     flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results", "train_only")}
     command = shlex.join(["python", "study.py", *sys.argv[1:]])
-    utils.save_json(record, {"command": command, "args": flags})
+    utils.save_json(f"{args.results}/study.json", {
+        "command": command, "args": flags, "external": [{"method": p.method, "seed": p.seed, "name": p.name} for p in external]})
 
 
 def args_from_results(results):
@@ -564,7 +577,9 @@ def args_from_results(results):
     with open(f"{results}/study.json") as f:
         saved = json.load(f)["args"]
     known = {f for f in Args.__dataclass_fields__} - {"runs"}
-    runs = [f"{r['method']}={results}/runs/{r['name']}/population.pt" for r in json.load(open(f"{results}/study.json")).get("external", [])]
+    with open(f"{results}/study.json") as f:
+        external = json.load(f).get("external", [])
+    runs = [f"{r['method']}={results}/runs/{r['name']}/population.pt" for r in external]
     return Args(**{k: v for k, v in saved.items() if k in known}, runs=runs, out=tempfile.mkdtemp(prefix="study_"),
                 results=results, from_results=results)
 
@@ -598,22 +613,23 @@ def external_population(spec):
 
 
 def untrained_checkpoints(out, substrate, like, count):
-    """`count` randomly initialised actors (seeds 1..count) of the trained populations' architecture,
-    written once as checkpoints under OUT/reference/, for the `untrained` reference background."""
-    import mappo  # the shared actor architecture
-
-    saved = utils.load_checkpoint(like, "population")["args"]
+    """`count` randomly initialised actors (seeds 1..count) of the network of the population `like` (the
+    study's first: its script's own Actor, with that run's flags), written once as checkpoints under
+    OUT/reference/, for the `untrained` reference background. Written once, they stay the reference of the
+    study when later calls add methods."""
+    checkpoint = utils.load_checkpoint(like, "population")
+    module = utils.training_script(checkpoint["algorithm"], f"population {like} was written by", root=eval_scenarios.HERE)
+    saved = {**asdict(module.Args()), **checkpoint["args"]}
     paths = []
     for seed in range(1, count + 1):
         path = f"{out}/reference/untrained_{seed}.pt"
         if not os.path.exists(path):
             _, sizes = utils.actor_sizes(substrate, saved["downsample"])
             torch.manual_seed(seed)
-            actor = mappo.Actor(sizes, SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"]))
+            actor = module.Actor(sizes, SimpleNamespace(**saved))
             utils.save_checkpoint(path, {
-                "algorithm": "mappo", "substrate": substrate, "iteration": 0, "global_step": 0, "actor": actor.state_dict(),
-                "args": {"exp_name": UNTRAINED, "seed": seed, "downsample": saved["downsample"],
-                         "hidden_size": saved["hidden_size"]}})
+                "algorithm": checkpoint["algorithm"], "substrate": substrate, "iteration": 0, "global_step": 0,
+                "actor": actor.state_dict(), "args": {**checkpoint["args"], "exp_name": UNTRAINED, "seed": seed}})
         paths.append(path)
     return paths
 
@@ -1065,6 +1081,9 @@ def check_study(args):
         if flag.split("=")[0] in RUNNER_FLAGS:
             raise SystemExit(f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
                              f"(use --seeds / --total-timesteps / --substrate)")
+    for method in methods:
+        check_flags(utils.training_script(method.script, "--methods names", root=eval_scenarios.HERE), method.script,
+                    shlex.split(args.train_flags), "--train-flags")
     labels = [m.label for m in methods]
     if len(set(labels)) < len(labels):
         raise SystemExit(f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "
@@ -1090,7 +1109,7 @@ if __name__ == "__main__":
         args = args_from_results(args.from_results)
     methods = check_study(args)
     if args.results and not args.from_results:
-        record_study(args)
+        check_record(args)
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
@@ -1133,10 +1152,6 @@ if __name__ == "__main__":
             if not os.path.exists(to):
                 export_population(p.checkpoint, to)
             external[i] = populations[len(runs) + i] = Population(p.method, p.seed, to)
-        with open(f"{args.results}/study.json") as f:
-            record = json.load(f)
-        record["external"] = [{"method": p.method, "seed": p.seed, "name": p.name} for p in external]
-        utils.save_json(f"{args.results}/study.json", record)
     backgrounds = {p.name: (p.checkpoint,) for p in populations}
     backgrounds[RANDOM] = ("uniform_random",)
     if args.num_untrained:
@@ -1158,6 +1173,8 @@ if __name__ == "__main__":
                           args.substrate)
     if args.results:
         export_study(args)
+        if not args.from_results:
+            record_study(args, populations[len(runs):])
     written = args.results if args.results else args.out
     print(f"written to {written}/: results.md, crossplay.csv, crossplay_heatmap.png, methods.png"
           + (", policy_space.png" if os.path.exists(f"{args.out}/policy_space.png") else "")

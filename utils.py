@@ -499,6 +499,67 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
                          f"exported by study.py --results evaluates but cannot be resumed")
 
 
+# ---------------------------------------------------------------------------------------------
+# The contract between a training script and evaluation / the study (docs/add-your-own-method.md).
+# A training script is any `X.py` beside this file that defines, at module level:
+# - `Args`, a dataclass whose fields include STUDY_FLAGS (the study sets them per run) and
+#   CHECKPOINT_ARGS (evaluation and the study read them from a checkpoint's `args`);
+# - `Actor(sizes, args)`, an nn.Module with ACTOR_METHODS and a `policy` head (logits from a state);
+# and whose checkpoints (`runs/{run_name}/checkpoint.pt`) hold `algorithm` (the script's own file name,
+# `SCRIPT`), `substrate`, `args` and `actor` (POPULATION_KEYS), plus RESUME_KEYS for resume; snapshots go
+# through `save_snapshot`; its returns are logged as `charts/episodic_return`, and any scalars of its own
+# under a TensorBoard namespace of its own (`distill/...`), which the study's training summary reports.
+ROOT = os.path.dirname(os.path.abspath(__file__))
+STUDY_FLAGS = ("seed", "substrate", "total_timesteps", "num_workers", "torch_threads", "snapshot_every", "resume")
+CHECKPOINT_ARGS = ("exp_name", "seed", "downsample", "hidden_size", "num_envs", "num_steps")
+ACTOR_METHODS = ("initial_state", "get_states")
+CONTRACT_DOC = "docs/add-your-own-method.md"
+
+
+def _module_classes(path: str) -> set:
+    """The names of the classes `path` defines at module level, read without running it (ast)."""
+    import ast
+
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    return {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def training_scripts(root: Optional[str] = None) -> list:
+    """The training scripts beside this file (or in `root`): every `X.py` defining `Args` and `Actor`."""
+    root = root or ROOT
+    return sorted(name[: -len(".py")] for name in os.listdir(root) if name.endswith(".py") and
+                  name[: -len(".py")].isidentifier() and {"Args", "Actor"} <= _module_classes(os.path.join(root, name)))
+
+
+def training_script(name: str, what: str, root: Optional[str] = None) -> types.ModuleType:
+    """The module of training script `name` after checking the contract, or a one-line error that starts with
+    `what` ("--methods 'x' names", "--checkpoint c.pt was written by") and says what is missing. Nothing runs before the check but the
+    parse of `name`.py: a checkpoint naming a file that is not a training script here imports nothing."""
+    import importlib
+
+    root = root or ROOT
+    valid = training_scripts(root)
+    if name not in valid:
+        exists = isinstance(name, str) and name.isidentifier() and os.path.isfile(os.path.join(root, f"{name}.py"))
+        reason = "it defines no Args and Actor classes" if exists else "no such file in the project folder"
+        raise SystemExit(f"error: {what} {name}.py, which is not a training script here ({reason}); training scripts: "
+                         f"{', '.join(s + '.py' for s in valid)} (the contract: {CONTRACT_DOC})")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(name)
+    names = {f.name for f in fields(module.Args)} if hasattr(module.Args, "__dataclass_fields__") else set()
+    missing = [f"Args.{f}" for f in STUDY_FLAGS + CHECKPOINT_ARGS if f not in names]
+    missing += [f"Actor.{m}" for m in ACTOR_METHODS if not callable(getattr(module.Actor, m, None))]
+    if missing:
+        raise SystemExit(f"error: {what} {name}.py, which breaks the contract of a training script: no "
+                         f"{', '.join(missing)} (see {CONTRACT_DOC})")
+    return module
+
+
 def actor_sizes(substrate_name: str, downsample: bool):
     """The permitted vector keys of a substrate and the sizes its actor network is built with
     (rgb_shape, vector_dim, num_actions), read from the built substrate's spec as training saw it

@@ -116,6 +116,22 @@ def test_a_new_script_beside_evaluation_is_evaluated_with_no_edit(tmp_path, monk
     assert 0 <= policy.step(real_timesteps(steps=1)[0], state)[0] < 8
 
 
+def test_a_script_that_breaks_the_contract_is_named_with_what_it_lacks(tmp_path, monkeypatch):
+    source = open(os.path.join(os.path.dirname(eval_scenarios.__file__), "mappo.py")).read()
+    # a copy whose Args lost a flag the study sets, and whose Actor lost the method evaluation calls
+    broken = source.replace("    snapshot_every: int = 50\n", "").replace("def get_states(", "def states(")
+    assert broken.count("snapshot_every: int") == 0 and "def get_states(" not in broken
+    (tmp_path / "broken_method.py").write_text(broken)
+    monkeypatch.setattr(eval_scenarios, "HERE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    save_fake_checkpoint(tmp_path / "c.pt", algorithm="broken_method", hidden=8)
+    with pytest.raises(SystemExit) as error:
+        CheckpointPolicy(str(tmp_path / "c.pt"))
+    assert str(error.value) == (f"error: --checkpoint {tmp_path / 'c.pt'} was written by broken_method.py, which breaks "
+                                f"the contract of a training script: no Args.snapshot_every, Actor.get_states (see "
+                                f"docs/add-your-own-method.md)")
+
+
 def test_adapter_refuses_foreign_files(tmp_path):
     # a script someone trained with elsewhere and did not copy here
     assert "elsewhere_mappo" not in eval_scenarios.algorithm_scripts()
@@ -125,11 +141,15 @@ def test_adapter_refuses_foreign_files(tmp_path):
         CheckpointPolicy(str(tmp_path / "other.pt"), flag="--background")
     scripts = ", ".join(f"{s}.py" for s in eval_scenarios.algorithm_scripts())
     assert str(error.value) == (f"error: --background {tmp_path / 'other.pt'} was written by elsewhere_mappo.py, which "
-                                f"is not beside eval_scenarios.py; algorithm scripts here: {scripts}")
+                                f"is not a training script here (no such file in the project folder); training scripts: "
+                                f"{scripts} (the contract: docs/add-your-own-method.md)")
     assert "mappo.py" in scripts and "bidist_mappo.py" in scripts
-    torch.save({"algorithm": "utils", **complete}, tmp_path / "utils.pt")
-    with pytest.raises(SystemExit, match="was written by utils.py, which is not beside"):
+    torch.save({"algorithm": "utils", **complete}, tmp_path / "utils.pt")  # a file here, but no training script
+    with pytest.raises(SystemExit, match=r"was written by utils.py, which is not a training script here \(it defines no"):
         CheckpointPolicy(str(tmp_path / "utils.pt"))
+    torch.save({"algorithm": "../utils", **complete}, tmp_path / "path.pt")  # a name is never a path
+    with pytest.raises(SystemExit, match=r"was written by ../utils.py, which is not a training script here \(no such"):
+        CheckpointPolicy(str(tmp_path / "path.pt"))
     with pytest.raises(SystemExit, match="no such file"):
         CheckpointPolicy(str(tmp_path / "none.pt"))
 

@@ -18,7 +18,7 @@ import torch
 
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from test_mappo import error_line
-from study import (DEAD_PHASE_TAGS, DEAD_PHASES_COLUMN, RANDOM, UNTRAINED, Method, Population, Run, external_population,
+from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population,
                    held_out_mask, parse_method, crossplay, run_status, statistics, summarise_method, summarise_reference,
                    train_command, training_summary, write_outputs)
 
@@ -29,13 +29,20 @@ def test_methods_parse_with_labels_flags_and_one_line_errors():
     assert parse_method("low_p=bidist_mappo.py --p 0.1") == Method("low_p", "bidist_mappo", ("--p", "0.1"))
     with pytest.raises(SystemExit) as error:
         parse_method("ppo")
-    valid = ", ".join(ALGORITHM_SCRIPTS)  # every *mappo.py beside study.py
-    assert str(error.value) == f"error: --methods 'ppo': no training script ppo.py; valid: {valid}"
-    assert {"mappo", "bidist_mappo", "fsp_mappo"} <= set(ALGORITHM_SCRIPTS)
-    with pytest.raises(SystemExit, match="no training script utils.py"):
+    valid = ", ".join(f"{s}.py" for s in ALGORITHM_SCRIPTS)  # every training script beside study.py
+    assert str(error.value) == (f"error: --methods 'ppo' names ppo.py, which is not a training script here (no such "
+                                f"file in the project folder); training scripts: {valid} (the contract: "
+                                f"docs/add-your-own-method.md)")
+    assert {"mappo", "bidist_mappo", "fsp_mappo"} <= set(ALGORITHM_SCRIPTS) and "study" not in ALGORITHM_SCRIPTS
+    with pytest.raises(SystemExit, match=r"names utils.py, which is not a training script here \(it defines no Args"):
         parse_method("utils")
     with pytest.raises(SystemExit, match="sets --seed, which the study sets per run"):
         parse_method("mappo --seed 3")
+    # a flag the script does not take is named before any training starts; --no-X of a boolean X is a flag
+    assert parse_method("bidist_mappo --no-reverse").flags == ("--no-reverse",)
+    with pytest.raises(SystemExit) as error:
+        parse_method("mappo --p 0.3")
+    assert str(error.value) == "error: --methods 'mappo --p 0.3' passes --p, which mappo.py does not take (python mappo.py --help)"
 
 
 def fake_checkpoint(path, iteration, num_envs=8, num_steps=128, **extra):
@@ -170,50 +177,48 @@ def test_table_matrix_and_plots_are_written(tmp_path):
         assert os.path.getsize(tmp_path / name) > 10_000
 
 
-def test_training_table_reads_each_runs_log(tmp_path):
+def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     runs = []
     for seed, ratios in [(1, [0.9, 0.2, 0.6]), (2, [0.8, 0.7, 0.4])]:
-        run = Run(Method("bidist", "bidist_mappo", ()), seed, str(tmp_path / f"bidist__seed{seed}"))
+        run = Run(Method("mine", "bidist_mappo", ()), seed, str(tmp_path / f"mine__seed{seed}"))
         fake_checkpoint(f"{run.directory}/runs/x/checkpoint.pt", iteration=3)
         writer = SummaryWriter(f"{run.directory}/runs/x")
         for step, ratio in zip([100, 200, 300], ratios):
-            writer.add_scalar("distill/phi_logp_ratio", ratio, step)
+            writer.add_scalar("anything/ratio", ratio, step)  # a namespace no code here knows
             writer.add_scalar("charts/episodic_return", seed * step / 100, step)  # 1, 2, 3 or 2, 4, 6
-        writer.add_scalar("distill/kl_after_reverse", 5.0, 100)  # first half: not averaged
-        writer.add_scalar("distill/kl_after_reverse", 1.0 * seed, 300)
+            writer.add_scalar("losses/entropy", 1.0, step)  # shared namespaces are not a method's own
+        writer.add_scalar("anything/late", 5.0, 100)  # logged only before the last 10% of this run's steps
+        writer.add_scalar("anything/late", 1.0 * seed, 250)
         writer.close()
         runs.append(run)
-    table = training_summary(runs)
-    header, _, row = table.splitlines()
-    assert header.split(" | ")[2:] == ["return (trained slots), last 10%", "phi_logp_ratio at the end",
-                                       "phi_logp_ratio, minimum", "KL after reverse, 2nd half |"]
-    # return over the last 10% of steps: 3 and 6; final ratio 0.6 and 0.4; minimum 0.2 and 0.4; KL 1 and 2
-    assert row == "| bidist | 2 | 4.50 (3.00 to 6.00) | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 1.50 (1.00 to 2.00) |"
+    lines = training_summary(runs).splitlines()
+    assert lines[:3] == ["| method | seeds | return (trained slots), last 10% |", "|---|---|---|",
+                         "| mine | 2 | 4.50 (3.00 to 6.00) |"]  # the last 10% of steps (> 270): 3 and 6
+    assert lines[6:] == [
+        "| method | scalar | last 10% | minimum | final |", "|---|---|---|---|---|",
+        "| mine | anything/late | - | 1.50 (1.00 to 2.00) | 1.50 (1.00 to 2.00) |",  # minima and final values 1 and 2
+        "| mine | anything/ratio | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 0.50 (0.40 to 0.60) |"]
 
 
-def test_training_table_counts_the_reverse_phases_that_left_phi_dead(tmp_path):
+def test_progress_of_a_running_run_comes_from_its_own_log(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    runs = []
-    # per phase: step, direction, phi_logp_ratio, phi's and theta's input dependence
-    phases = {1: [(100, 1, 0.3, 0.1, 0.5),    # forward, ratio low: not counted
-                  (200, -1, 0.4, 0.1, 0.5),   # reverse, dead by both measures
-                  (300, -1, 0.9, 0.3, 0.5)],  # reverse, live (0.3 >= 0.4 * 0.5)
-              2: [(200, -1, 0.6, 0.1, 0.5)]}  # reverse, dead by its input dependence only
-    for seed, logged in phases.items():
-        run = Run(Method("bidist", "bidist_mappo", ()), seed, str(tmp_path / f"bidist__seed{seed}"))
-        fake_checkpoint(f"{run.directory}/runs/x/checkpoint.pt", iteration=3)
-        writer = SummaryWriter(f"{run.directory}/runs/x")
-        for step, direction, ratio, phi, theta in logged:
-            for tag, value in zip(DEAD_PHASE_TAGS, (direction, ratio, phi, theta)):
-                writer.add_scalar(tag, value, step)
-        writer.close()
-        runs.append(run)
-    header, _, row = training_summary(runs).splitlines()
-    assert header.split(" | ")[-1] == DEAD_PHASES_COLUMN + " |"
-    assert row.split(" | ")[-1] == "1 / 2 of 3 |"
+    from study import Progress
+
+    run = Run(Method("mine", "mappo", ()), 1, str(tmp_path / "mine__seed1"))
+    progress = Progress(run, total_timesteps=1000)
+    assert progress.line() == ""  # no log yet
+    writer = SummaryWriter(f"{run.directory}/runs/x")
+    for step in range(1, 31):
+        writer.add_scalar("charts/episodic_return", step, step * 10)
+    writer.add_scalar("charts/SPS", 123.4, 250)
+    writer.flush()
+    assert progress.line() == "step 250/1,000 (25%) | SPS 123 | return/player 20.50"  # mean of returns 11 to 30
+    writer.add_scalar("charts/SPS", 99, 500)
+    writer.close()
+    assert progress.line().startswith("step 500/1,000 (50%) | SPS 99 |")  # read on from where it stopped
 
 
 @pytest.mark.slow
@@ -274,7 +279,8 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--methods", "ppo"], "error: --methods 'ppo': no training script ppo.py"),
+        (["--methods", "ppo"], "error: --methods 'ppo' names ppo.py, which is not a training script here"),
+            (["--train-flags=--p 0.3"], "error: --train-flags passes --p, which mappo.py does not take"),
         (["--methods", "mappo", "mappo"], "error: --methods: two methods have the label 'mappo'"),
         (["--seeds", "1", "--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
         (["--threads", "0"], "error: --threads must be at least 1, got 0"),
