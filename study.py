@@ -451,7 +451,7 @@ def binned_curves(scalars, last, bins=CURVE_BINS):
 
 def export_run(run, args):
     """Writes a finished run to --results/runs/{name}/: population.pt (the checkpoint less the critic,
-    optimisers and RNG, its networks' weights in float16: under 1 MB with BiDist's phi), training.csv
+    optimisers and RNG, its networks' weights in float16: under 1 MB with BiDist's second network), training.csv
     (binned_curves of every logged scalar) and summary.json (training.md's statistics, the training
     command). The study's cross-play then plays this population, so that episodes played now and
     episodes a later call plays on another machine are of the same network."""
@@ -480,14 +480,16 @@ def portable(command):
 
 
 def export_population(path, to):
-    """Writes the checkpoint at `path` less everything but the populations (`actor`, BiDist's `phi`), their
-    weights in float16, to `to`; returns the checkpoint."""
+    """Writes the checkpoint at `path` less everything but its populations, their weights in float16, to `to`;
+    returns the checkpoint. The populations are `actor` and every other network of the actor's architecture
+    the checkpoint holds (a state dict with the same keys: BiDist's `phi`); critics, optimisers, pools and
+    memories stay out."""
     checkpoint = utils.load_checkpoint(path, "population")
     population = {k: checkpoint[k] for k in ("algorithm", "substrate", "args", "run_name", "iteration", "global_step")
                   if k in checkpoint}
-    for network in ("actor", "phi"):
-        if network in checkpoint:
-            population[network] = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint[network].items()}
+    for network, weights in checkpoint.items():
+        if isinstance(weights, dict) and weights.keys() == checkpoint["actor"].keys():
+            population[network] = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     utils.save_checkpoint(to, population)
     return checkpoint
 
