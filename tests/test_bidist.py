@@ -442,3 +442,50 @@ def test_the_default_reverse_objective_keeps_phi_alive_where_capped_kl_collapses
     # the literal capped KL at the same settings: phi stops depending on its input
     capped = alternate_phases("capped-kl", Args().distill_lr)
     assert capped[1]["phi_input_dependence"] < 0.1 * capped[1]["theta_input_dependence"]
+
+
+# The reverse losses' values and gradients on fixed tensors, recorded from bidist_mappo.py's trust_floor_reverse_loss
+# and reverse_distillation_loss (capped-kl) before the reverse objectives became one loss: the one loss must give
+# the same numbers at the same flags.
+RECORDED_INPUTS = torch.arange(60, dtype=torch.float32)
+RECORDED_HIST = (3 * torch.sin(0.7 * RECORDED_INPUTS)).reshape(3, 4, 5)  # (T, B, A): 4 of 12 rows past a cap of 1
+RECORDED_START = torch.sin(0.37 * RECORDED_INPUTS + 1.0).reshape(3, 4, 5)
+RECORDED_LOSS = {"trust-floor": -0.836236298, "capped-kl": -0.781032145, "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, "
+                 "lambda 0.8": -1.000129223, "capped-kl eta_r 1.5, kl_cap 0.7": -0.892877936}
+RECORDED_GRAD = {"trust-floor": [
+    -0.028484102, -0.03788954, -0.011135606, 0.002275012, 0.075234234, -0.084030114, -0.028893549, -0.006216546,
+    0.016963309, 0.10217689, -0.028424058, -0.009518011, -0.008469777, 0.007989796, 0.038422056, -0.041120999,
+    -0.011641487, -0.011914909, 0.017726604, 0.046950795, -0.006908042, -0.015773039, -0.010018235, 0.027526934,
+    0.00517239, -0.003124006, -0.010868164, -0.006545575, 0.036037624, -0.015499882, 0.03003281, -0.00521045,
+    -0.009447852, 0.01408829, -0.029462796, 0.008170446, -0.013790656, 0.001802518, 0.017864013, -0.014046324,
+    0.005539028, -0.013637911, -0.009461131, -0.017864734, 0.03542475, 0.019283436, -0.004746964, -0.012553689,
+    -0.045044743, 0.04306196, 0.020046715, -0.008124664, -0.029844277, -0.088218644, 0.106140874, -0.00977945,
+    -0.013288826, -0.033912029, -0.014906425, 0.071886726], "capped-kl": [
+    0, 0, 0, 0, 0, -0.030452017, -0.00391483, 0.001589136, 0.00527095, 0.027506772, 0, 0, 0, 0, 0, -0.03235019,
+    -0.002704466, 0.000554851, 0.005556302, 0.028943514, 0, 0, 0, 0, 0, -0.017451068, -0.001143698, 0.002123553,
+    0.010591151, 0.005880058, 0, 0, 0, 0, 0, -0.007798662, 0.001378048, 0.01386331, 0.013254251, -0.020696947, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0.009505037, 0.00169231, -0.00592829, -0.044597492, 0.039328434, 0, 0, 0, 0, 0],
+    "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8": [
+    -0.014869571, -0.014465068, -0.002697553, 0.00240407, 0.029628126, -0.068952963, -0.01458215, 0.000587393,
+    0.013424049, 0.069523677, -0.014391096, -0.003114262, -0.002054193, 0.004782424, 0.014777127, -0.054330342,
+    -0.00655175, -0.002448972, 0.014776568, 0.048554502, -0.002467477, -0.004364413, -0.002549514, 0.011335819,
+    -0.001954413, -0.020312835, -0.004209734, 0.001045418, 0.026434567, -0.002957408, 0.011559207, -0.001133251,
+    -0.002389361, 0.005982846, -0.014019445, -0.004069347, -0.002053502, 0.017533841, 0.02045472, -0.031865712,
+    0.004400198, -0.003645656, -0.002715899, -0.009644934, 0.011606289, 0.008232955, -0.000937765, -0.004137573,
+    -0.020588681, 0.017431064, 0.005262849, -0.00239037, -0.008518675, -0.020824917, 0.026471114, -0.001138733,
+    -0.003331871, -0.013369647, -0.010420403, 0.028260645]}
+
+
+@pytest.mark.parametrize("case, loss", [
+    ("trust-floor", lambda h, p, s: trust_floor_reverse_loss(h, p, s, 1.0, 1.0, 1.0, 2.0)),
+    ("capped-kl", lambda h, p, s: reverse_distillation_loss(h, p, 1.0, 1.0)),
+    ("trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8", lambda h, p, s: trust_floor_reverse_loss(h, p, s, 1.5, 0.7, 0.3, 0.8)),
+    ("capped-kl eta_r 1.5, kl_cap 0.7", lambda h, p, s: reverse_distillation_loss(h, p, 1.5, 0.7)),
+])
+def test_the_reverse_loss_gives_the_recorded_values_and_gradients(case, loss):
+    phi = (2 * torch.cos(1.3 * RECORDED_INPUTS)).reshape(3, 4, 5).requires_grad_()
+    value = loss(RECORDED_HIST, phi, RECORDED_START)
+    value.backward()
+    assert value.item() == pytest.approx(RECORDED_LOSS[case], rel=1e-6)
+    if case in RECORDED_GRAD:
+        np.testing.assert_allclose(phi.grad.flatten().numpy(), RECORDED_GRAD[case], rtol=1e-5, atol=1e-8)
