@@ -1,11 +1,11 @@
-# `make train` and `make test` install into ./.venv first, only when it is missing or older
+# `make train`, `make test` and `make docs` install into ./.venv first, only when it is missing or older
 # than requirements.txt / scripts/setup_venv.sh. Extra flags: make train ARGS="--seed 2".
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train train-mappo test bench peer bots mutate clean
+.PHONY: install train train-mappo test bench peer bots mutate docs clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ bots: $(STAMP)
 mutate: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-mutate.txt
 	$(PY) scripts/mutate.py $(ARGS)
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve $(ARGS)
 
 clean:
 	rm -rf $(VENV)
