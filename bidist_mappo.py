@@ -1,5 +1,5 @@
-# BiDist (Bidirectional Distillation) on MAPPO, Melting Pot, CleanRL style. Spec: ALGORITHM.md in the
-# shared docs; flags, logs and measured results: README.md
+# BiDist (Bidirectional Distillation) on MAPPO, Melting Pot, CleanRL style. The method, its flags, logs and
+# measured results: docs/algorithms/bidist.md
 import copy
 import math
 import os
@@ -110,6 +110,12 @@ class Args:
     """reverse distillation coefficient: maximise eta_r * min(KL(pi_hist || pi_phi), kl_cap)"""
     kl_cap: float = 1.0
     """per-sample cap (nats) on the reverse phase's KL; a sample past it gives no gradient"""
+    reverse_trust: float = 1.0
+    """beta: the reverse phase also minimises beta * KL(pi_phi_start || pi_phi), a trust region around phi as it
+    was at the phase start (0 with --reverse-floor 0: the literal capped KL alone)"""
+    reverse_floor: float = 2.0
+    """lambda: the reverse phase also maximises lambda * min(I_phi / I_hist, 1), phi's input dependence as a share
+    of the window's (0 with --reverse-trust 0: the literal capped KL alone)"""
     distill_epochs: int = 4
     """passes over the window in each distillation phase"""
     distill_lr: float = 1e-3
@@ -123,17 +129,6 @@ class Args:
     """ablation: skip the forward phases (phi only moves away from the historical policies)"""
     no_reverse: bool = False
     """ablation: skip the reverse phases (phi only imitates the historical policies)"""
-    reverse_objective: Literal["capped-kl", "trust-region", "trust-floor", "mi-floor", "anti-target", "mirror", "shift", "jsd"] = "trust-floor"
-    """the reverse phase's loss: trust-floor (the capped push held near phi's start, paid to keep the window's
-    input dependence: the one that kept phi live in every reverse phase, README), trust-region, capped-kl (the
-    literal reading), mi-floor, anti-target, mirror, shift or jsd"""
-    reverse_trust: float = 1.0
-    """trust-region, trust-floor: beta, the weight of KL(pi_phi_start || pi_phi) holding phi near itself at the phase start"""
-    reverse_temperature: float = 2.0
-    """shift: tau of the target q = softmax(tau * roll(log pi_hist)); anti-target: of q = softmax(-tau * log pi_hist)"""
-    reverse_floor: float = 2.0
-    """mi-floor, trust-floor: lambda, the weight of phi's input dependence as a share of the window's (up to 1)
-    beside the capped push"""
 
     # to be filled in runtime
     num_players: int = 0
@@ -166,15 +161,29 @@ def check_args(args):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0.0 <= args.p <= 1.0:
         raise SystemExit(f"error: --p is a probability and must be in [0, 1], got {args.p}")
-    for name in ["eta_f", "eta_r"]:
+    for name in ["eta_f", "eta_r", "reverse_trust", "reverse_floor"]:
         if getattr(args, name) < 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.reverse_trust < 0:
-        raise SystemExit(f"error: --reverse-trust must be >= 0, got {args.reverse_trust}")
-    for name in ["kl_cap", "distill_lr", "reverse_temperature", "reverse_floor"]:
+    for name in ["kl_cap", "distill_lr"]:
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     utils.check_substrate(args.substrate)
+
+
+def check_reverse_objective(saved, path, args):
+    """Checkpoints written up to commit ebf3ba5 name their reverse loss in their args (`saved`) as
+    --reverse-objective. The four that are today's loss with some coefficients at 0 resume with those at 0;
+    the four others are not in this script any more: a one-line error."""
+    objective = saved.get("reverse_objective", "trust-floor")
+    zero = {"trust-floor": [], "trust-region": ["reverse_floor"], "mi-floor": ["reverse_trust"],
+            "capped-kl": ["reverse_trust", "reverse_floor"]}
+    if objective not in zero:
+        raise SystemExit(f"error: --resume {path} was trained with --reverse-objective {objective}, which this script no "
+                         f"longer has (commit ebf3ba5 does); it resumes capped-kl, trust-region, mi-floor and trust-floor")
+    if any(getattr(args, name) for name in zero[objective]):
+        flags = " ".join(f"--{name.replace('_', '-')} 0" for name in zero[objective])
+        raise SystemExit(f"error: --resume {path} was trained with --reverse-objective {objective}; resume it with {flags}, "
+                         f"today's form of that loss")
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -376,6 +385,8 @@ def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, 
                   "approx_kl": approx_kl, "clipfrac": clipfrac}
 
 
+# ALGO LOGIC: BiDist, in the order of the method: mixed play, the distillation window, forward distillation,
+# reverse distillation, diagnostics.
 def sample_mask(num_envs, num_players, p):
     """The mixed-play mask of one rollout, (num_envs, num_players): True where the fictitious
     population phi plays the slot, drawn Bernoulli(p) per slot; where every slot of an environment
@@ -397,8 +408,27 @@ def mixed_action(actor, phi, fictitious, rgb, vector, theta_state, phi_state, do
     return action, logprob, logits, theta_state, phi_state
 
 
+def scheduled_phase(iteration, args):
+    """The distillation phase that ends this iteration: "forward", "reverse" or None. Phases come
+    every kd iterations, when the window holds kd new rollouts, and alternate, forward first (kd: forward,
+    2kd: reverse, 3kd: forward, ...); --no-forward / --no-reverse skip the phases of that direction, and phi
+    stays as it is then."""
+    if iteration % args.kd:
+        return None
+    direction = "forward" if (iteration // args.kd) % 2 == 1 else "reverse"
+    skipped = args.no_forward if direction == "forward" else args.no_reverse
+    return None if skipped else direction
+
+
+def unroll_phi(phi, rgb, vector, done, seqs):
+    """phi's logits over the stored sequences `seqs` of the window, unrolled from a zero state with the
+    stored done flags resetting it."""
+    state = phi.initial_state(len(seqs), rgb.device)
+    return phi.get_action(rgb[:, seqs].flatten(0, 1), vector[:, seqs].flatten(0, 1), state, done[:, seqs].flatten())[3]
+
+
 def kl_divergence(hist_logits, logits):
-    """KL(pi_hist || pi) of each row of two (B, num_actions) logit tensors."""
+    """KL(pi_hist || pi) of each row of two (..., num_actions) logit tensors."""
     hist_logp, logp = hist_logits.log_softmax(-1), logits.log_softmax(-1)
     return (hist_logp.exp() * (hist_logp - logp)).sum(-1)
 
@@ -409,19 +439,12 @@ def forward_distillation_loss(hist_logits, phi_logits, eta_f):
     return eta_f * kl_divergence(hist_logits, phi_logits).mean()
 
 
-def reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap):
-    """Reverse distillation ("non-self-play"): phi leaves the historical policy space, maximising
-    eta_r * mean min(KL(pi_hist || pi_phi), kl_cap). A sample whose KL is past the cap gives no
-    gradient, so phi cannot run off by driving the historical actions' probabilities to zero."""
-    return -eta_r * torch.clamp(kl_divergence(hist_logits, phi_logits), max=kl_cap).mean()
-
-
-def trust_region_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta):
-    """The capped push of reverse_distillation_loss plus beta * mean KL(pi_phi_start || pi_phi), where
-    phi_start is phi frozen at the start of the phase (forward-distilled, input-dependent): the push
-    is bounded around a live policy instead of running to an input-independent optimum."""
-    return (reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap)
-            + beta * kl_divergence(start_logits, phi_logits).mean())
+def restart_from(phi, phi_optimizer, actor):
+    """--reset-phi (our choice): before each forward phase phi takes theta's weights and its optimizer
+    forgets its moments, so the forward phase imitates the window from features that work, whatever the
+    reverse phase before it did to phi."""
+    phi.load_state_dict(actor.state_dict())
+    phi_optimizer.state.clear()
 
 
 def mutual_information(logits):
@@ -441,103 +464,33 @@ def input_dependence_share(hist_logits, phi_logits):
     return torch.clamp(share, max=1.0)
 
 
-def mi_floor_reverse_loss(hist_logits, phi_logits, eta_r, kl_cap, floor):
-    """The capped push of reverse_distillation_loss minus floor * input_dependence_share: phi is paid for
-    depending on its observation as much as the historical policies do; nothing beyond. The push alone drives
-    phi to an input-independent policy; with the floor, leaving the window that way forfeits `floor`, so phi
-    leaves it as a policy."""
-    return reverse_distillation_loss(hist_logits, phi_logits, eta_r, kl_cap) - floor * input_dependence_share(hist_logits, phi_logits)
+def reverse_distillation_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta, floor):
+    """Reverse distillation ("non-self-play"): phi leaves the historical policy space and stays a policy.
 
+        - eta_r * mean min(KL(pi_hist || pi_phi), kl_cap)   the capped push away from the window
+        + beta  * mean KL(pi_phi_start || pi_phi)            a trust region around phi at the phase start
+        - floor * min(I_phi / I_hist, 1)                     phi paid to depend on its input as the window does
 
-def trust_floor_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta, floor):
-    """trust_region_reverse_loss minus floor * input_dependence_share: the push held near phi's start, and
-    paid for keeping the window's input dependence, for the phases where the trust region alone lets it go."""
-    return (trust_region_reverse_loss(hist_logits, phi_logits, start_logits, eta_r, kl_cap, beta)
-            - floor * input_dependence_share(hist_logits, phi_logits))
-
-
-def anti_target_reverse_loss(hist_logits, phi_logits, eta_r, tau):
-    """Minimise eta_r * mean KL(q || pi_phi) towards q(a|o) = softmax(-tau * log pi_hist(a|o)), a
-    target that prefers, in each observation, what the historical policy avoids there: phi can fit
-    it only by depending on o, and its optimum (phi = q) is finite, so nothing runs off."""
-    target_logits = -tau * hist_logits.log_softmax(-1)
-    return eta_r * kl_divergence(target_logits, phi_logits).mean()
-
-
-def mirror_reverse_loss(hist_logits, phi_logits, eta_r):
-    """Minimise eta_r * mean KL(q || pi_phi) towards the reflection of pi_hist through the uniform
-    policy u = 1/A, q(a|o) proportional to max(0, 2/A - pi_hist(a|o)): in each observation, what the
-    historical policy prefers over uniform q plays less than uniform by as much (down to never), and
-    what it avoids, more. A target as input-dependent as pi_hist and as spread, that phi fits like the
-    forward phase fits pi_hist; nothing runs off. Always a distribution: some pi_hist(a|o) <= 1/A."""
-    num_actions = hist_logits.shape[-1]
-    q = torch.clamp(2.0 / num_actions - hist_logits.softmax(-1), min=0.0)
-    q = q / q.sum(-1, keepdim=True)
-    return eta_r * (torch.special.xlogy(q, q) - q * phi_logits.log_softmax(-1)).sum(-1).mean()
-
-
-def shift_reverse_loss(hist_logits, phi_logits, eta_r, tau):
-    """Minimise eta_r * mean KL(q || pi_phi) towards q(a|o) proportional to pi_hist(a - 1 mod A | o)^tau:
-    in each observation the historical action probabilities, moved one action over (and sharpened by
-    tau > 1). At tau = 1 as input-dependent as pi_hist (the same mutual information with the
-    observation) and as spread, and far from it wherever pi_hist is decided."""
-    return eta_r * kl_divergence(tau * hist_logits.log_softmax(-1).roll(1, dims=-1), phi_logits).mean()
-
-
-def jsd_reverse_loss(hist_logits, phi_logits, eta_r):
-    """Maximise eta_r * mean JS(pi_hist, pi_phi), the Jensen-Shannon divergence: bounded by ln 2 and
-    with gradients that vanish as the supports separate, so no cap is needed."""
-    hist_logp, logp = hist_logits.log_softmax(-1), phi_logits.log_softmax(-1)
-    mixture_logp = torch.logaddexp(hist_logp, logp) - math.log(2)
-    js = 0.5 * (hist_logp.exp() * (hist_logp - mixture_logp)).sum(-1) + 0.5 * (logp.exp() * (logp - mixture_logp)).sum(-1)
-    return -eta_r * js.mean()
-
-
-def reverse_loss(hist_logits, phi_logits, start_logits, args):
-    """The reverse phase's loss chosen by --reverse-objective."""
-    if args.reverse_objective == "capped-kl":
-        return reverse_distillation_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap)
-    if args.reverse_objective == "trust-region":
-        return trust_region_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust)
-    if args.reverse_objective == "trust-floor":
-        return trust_floor_reverse_loss(hist_logits, phi_logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust,
-                                        args.reverse_floor)
-    if args.reverse_objective == "mi-floor":
-        return mi_floor_reverse_loss(hist_logits, phi_logits, args.eta_r, args.kl_cap, args.reverse_floor)
-    if args.reverse_objective == "anti-target":
-        return anti_target_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
-    if args.reverse_objective == "mirror":
-        return mirror_reverse_loss(hist_logits, phi_logits, args.eta_r)
-    if args.reverse_objective == "shift":
-        return shift_reverse_loss(hist_logits, phi_logits, args.eta_r, args.reverse_temperature)
-    return jsd_reverse_loss(hist_logits, phi_logits, args.eta_r)
-
-
-def scheduled_phase(iteration, args):
-    """The distillation phase that ends this iteration: "forward", "reverse" or None. Phases come
-    every kd iterations and alternate, forward first (kd: forward, 2kd: reverse, 3kd: forward, ...);
-    --no-forward / --no-reverse skip the phases of that direction, and phi stays as it is then."""
-    if iteration % args.kd:
-        return None
-    direction = "forward" if (iteration // args.kd) % 2 == 1 else "reverse"
-    skipped = args.no_forward if direction == "forward" else args.no_reverse
-    return None if skipped else direction
-
-
-def unroll_phi(phi, rgb, vector, done, seqs):
-    """phi's logits over the stored sequences `seqs` of the window, unrolled from a zero state with the
-    stored done flags resetting it."""
-    state = phi.initial_state(len(seqs), rgb.device)
-    return phi.get_action(rgb[:, seqs].flatten(0, 1), vector[:, seqs].flatten(0, 1), state, done[:, seqs].flatten())[3]
+    beta = floor = 0 is the literal reading of the method (--reverse-trust 0 --reverse-floor 0): the capped push
+    alone, whose optimum ignores the observation. The trust region bounds the push around the forward-distilled,
+    input-dependent phi the phase starts from (phi_start, whose logits are `start_logits`; unused at beta = 0),
+    and the floor pays phi for keeping the window's input dependence where the trust region alone lets it go.
+    A sample whose KL is past the cap gives no gradient."""
+    loss = -eta_r * torch.clamp(kl_divergence(hist_logits, phi_logits), max=kl_cap).mean()
+    if beta:
+        loss = loss + beta * kl_divergence(start_logits, phi_logits).mean()
+    if floor:
+        loss = loss - floor * input_dependence_share(hist_logits, phi_logits)
+    return loss
 
 
 def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args):
-    """One distillation phase of phi over the window: distill_epochs passes over shuffled minibatches
-    of whole stored sequences (one trained slot's rollout each)."""
+    """One distillation phase of phi over the window, forward or reverse: distill_epochs passes over shuffled
+    minibatches of whole stored sequences (one trained slot's rollout each)."""
     rgb, vector, done, hist_logits = (torch.cat(x, dim=1) for x in zip(*window))  # (num_steps, sequences, ...)
-    anchored = direction == "reverse" and args.reverse_objective in ("trust-region", "trust-floor")
-    phi_start = copy.deepcopy(phi) if anchored else None  # the trust region's anchor: phi at the phase start
-    if phi_start is not None:
+    phi_start = None
+    if direction == "reverse" and args.reverse_trust:  # the trust region's anchor: phi frozen at the phase start
+        phi_start = copy.deepcopy(phi)
         phi_start.lstm.flatten_parameters()  # on CUDA, cuDNN wants a copied LSTM's weights in one chunk again
     for epoch in range(args.distill_epochs):
         for seqs in torch.randperm(rgb.shape[1], device=rgb.device).split(sequences_per_minibatch):
@@ -547,18 +500,12 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
             else:
                 with torch.no_grad():
                     start_logits = unroll_phi(phi_start, rgb, vector, done, seqs) if phi_start else None
-                loss = reverse_loss(hist, logits, start_logits, args)
+                loss = reverse_distillation_loss(hist, logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust,
+                                                 args.reverse_floor)
             phi_optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(phi.parameters(), args.max_grad_norm)
             phi_optimizer.step()
-
-
-def restart_from(phi, phi_optimizer, actor):
-    """--reset-phi: phi takes theta's weights and its optimizer forgets its moments, so the forward
-    phase that follows imitates the window from features that work."""
-    phi.load_state_dict(actor.state_dict())
-    phi_optimizer.state.clear()
 
 
 @torch.no_grad()
@@ -615,6 +562,7 @@ if __name__ == "__main__":
     if checkpoint:
         utils.check_checkpoint(checkpoint, args.resume, SCRIPT, args,
                                must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"))
+        check_reverse_objective(checkpoint["args"], args.resume, args)
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -724,7 +672,7 @@ if __name__ == "__main__":
             # (the window's rollouts are never changed in place, so the copy shares them)
             completed = copy.deepcopy(state(iteration - 1), memo={id(x): x for rollout in window for x in rollout})
             # ALGO LOGIC: mixed play. Draw the slots phi plays in this rollout; a slot whose
-            # controller changed starts from a zero recurrent state (our choice, ALGORITHM.md)
+            # controller changed starts from a zero recurrent state (our choice)
             new_fictitious = torch.tensor(sample_mask(args.num_envs, args.num_players, args.p).ravel()).to(device)
             keep = (new_fictitious == fictitious).float().view(1, -1, 1)
             next_lstm_state = (keep * next_lstm_state[0], keep * next_lstm_state[1])
@@ -834,7 +782,7 @@ if __name__ == "__main__":
             window.append((obs_rgb[:, trained], obs_vector[:, trained], dones[:, trained], theta_logits[:, trained]))
             direction = scheduled_phase(iteration, args)
             if direction:
-                if direction == "forward" and args.reset_phi:  # our choice (README): imitate from theta's features
+                if direction == "forward" and args.reset_phi:  # our choice: imitate from theta's features
                     restart_from(phi, phi_optimizer, actor)
                 kl_before = distill_diagnostics(phi, window, sequences_per_minibatch)["kl"]
                 distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args)

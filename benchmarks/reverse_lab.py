@@ -1,21 +1,25 @@
-"""Reverse objectives side by side on one recorded distillation window, in seconds instead of runs.
+"""Reverse-phase settings side by side on one recorded distillation window, in seconds instead of runs.
 
     python benchmarks/reverse_lab.py runs/<run_name>/checkpoint.pt \
-        --objectives capped-kl "trust-region --reverse-trust 3" "capped-kl --eta-r 0.1"
+        --objectives default= "literal=--reverse-trust 0 --reverse-floor 0" "beta3=--reverse-trust 3 --reverse-floor 0"
 
 The checkpoint's theta (any bidist_mappo.py or mappo.py checkpoint) plays every slot of
 `--num-envs` environments for `--kd` rollouts of `--num-steps` steps, recorded as bidist_mappo.py
 records its distillation window (observations, done flags and theta's logits). Then, for every
-entry of `--objectives` (a --reverse-objective choice, then any other bidist_mappo.py flags:
---reverse-trust, --eta-r, --kl-cap, --distill-lr, --distill-epochs, ...), a fresh phi, a copy of theta as in training, goes
-through `--cycles` forward + reverse phases over that one window with bidist_mappo.py's own
-`distill`, and every phase prints bidist_mappo.py's phase diagnostics. The table at the end has,
-per objective, what issue 8 asks of a live phi: the log-prob ratio and the input dependence (mutual
+entry of `--objectives` (`label=flags`: a name for the table, then bidist_mappo.py flags as one string:
+--reverse-trust, --reverse-floor, --eta-r, --kl-cap, --distill-lr, --distill-epochs, ...), a fresh phi, a copy of theta as in
+training, goes through `--cycles` forward + reverse phases over that one window with bidist_mappo.py's own
+`distill`, and every phase prints bidist_mappo.py's phase diagnostics. The table at the end has, per
+entry, what the method asks of a live phi: the log-prob ratio and the input dependence (mutual
 information between observation and action) at their minimum over the phases, and the mean KL after
 reverse phases against the mean residual after forward phases.
 
 theta does not learn here, so the window stands still: the lab isolates what the distillation
 objectives do to phi. Whether a result carries over to training is for bidist_mappo.py runs to show.
+
+The reverse objectives that bidist_mappo.py no longer has (anti-target, mirror, shift, jsd, chosen by
+--reverse-objective with --reverse-temperature) run in this lab at commit ebf3ba5, whose bidist_mappo.py
+still has all eight (there, an entry is the objective's name followed by flags).
 """
 
 import copy
@@ -41,8 +45,8 @@ import bidist_mappo  # noqa: E402
 class Args:
     checkpoint: tyro.conf.Positional[str]
     """a bidist_mappo.py or mappo.py checkpoint: its theta records the window"""
-    objectives: List[str] = field(default_factory=lambda: ["capped-kl"])
-    """one entry per objective: a --reverse-objective choice, then bidist_mappo.py flags, as one string"""
+    objectives: List[str] = field(default_factory=lambda: ["default=", "literal=--reverse-trust 0 --reverse-floor 0"])
+    """one entry per setting, `label=flags`: a name for the table, then bidist_mappo.py flags as one string"""
     kd: int = 10
     """rollouts in the window"""
     num_envs: int = 4
@@ -75,10 +79,14 @@ def record_window(actor, envs, args):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if not all("=" in spec for spec in args.objectives):
+        raise SystemExit('error: each --objectives entry is label=flags, e.g. "literal=--reverse-trust 0 --reverse-floor 0" '
+                         "(objectives chosen by name run in this lab at commit ebf3ba5)")
+    labels = [spec.partition("=")[0] for spec in args.objectives]
+    settings = [tyro.cli(bidist_mappo.Args, args=shlex.split(spec.partition("=")[2])) for spec in args.objectives]
     torch.set_num_threads(1)
     checkpoint = utils.load_checkpoint(args.checkpoint, flag="checkpoint")
     saved = checkpoint["args"]
-    settings = [tyro.cli(bidist_mappo.Args, args=["--reverse-objective", *shlex.split(spec)]) for spec in args.objectives]
     torch.manual_seed(args.seed)
     envs = utils.MeltingPotVecEnv(checkpoint["substrate"], args.num_envs, seed=args.seed, num_workers=1,
                                   downsample=saved["downsample"])
@@ -96,7 +104,7 @@ if __name__ == "__main__":
           f"{checkpoint['substrate']} recorded in {time.time() - start:.0f} s\n")
 
     rows = []
-    for spec, setting in zip(args.objectives, settings):
+    for spec, setting in zip(labels, settings):
         torch.manual_seed(args.seed)
         phi = copy.deepcopy(theta)
         phi_optimizer = torch.optim.Adam(phi.parameters(), lr=setting.distill_lr, eps=1e-5)
@@ -117,7 +125,7 @@ if __name__ == "__main__":
         rows.append((spec, min(p["phi_logp_ratio"] for _, p in phases),
                      min(p["phi_input_dependence"] / p["theta_input_dependence"] for _, p in phases),
                      kl["reverse"], kl["forward"]))
-    print("\n| objective | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
+    print("\n| setting | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
           "| KL after forward | reverse - forward |")
     print("|---|---|---|---|---|---|")
     for spec, ratio, dependence, kl_reverse, kl_forward in rows:

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bidist_mappo import (Actor, Args, anti_target_reverse_loss, distill, distill_diagnostics,
-                          forward_distillation_loss, mutual_information, jsd_reverse_loss, kl_divergence,
-                          mi_floor_reverse_loss, mirror_reverse_loss, mixed_action, restart_from, reverse_distillation_loss, reverse_loss,
-                          sample_mask, scheduled_phase, shift_reverse_loss, trust_floor_reverse_loss, trust_region_reverse_loss,
-                          unroll_phi)
+from bidist_mappo import (Actor, Args, distill, distill_diagnostics, forward_distillation_loss, kl_divergence,
+                          mixed_action, mutual_information, restart_from, reverse_distillation_loss, sample_mask,
+                          scheduled_phase, unroll_phi)
 from test_algorithm import FakeEnvs
 
 
@@ -44,12 +42,17 @@ def test_forward_loss_is_zero_at_the_target_and_a_step_lowers_the_kl():
     assert kl_divergence(hist, stepped).mean() < kl_divergence(hist, phi).mean()
 
 
-def test_reverse_loss_raises_the_kl_below_the_cap_and_ignores_samples_above():
+def literal(hist_logits, phi_logits, eta_r, kl_cap):
+    """The literal reading of the reverse phase: the one reverse loss with --reverse-trust 0 --reverse-floor 0."""
+    return reverse_distillation_loss(hist_logits, phi_logits, None, eta_r, kl_cap, beta=0.0, floor=0.0)
+
+
+def test_the_literal_reverse_loss_raises_the_kl_below_the_cap_and_ignores_samples_above():
     hist = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.98, 0.01, 0.01]]))
     phi = torch.log(torch.tensor([[0.4, 0.3, 0.3], [0.01, 0.01, 0.98]])).requires_grad_()
     kl = [hand_kl([0.5, 0.25, 0.25], [0.4, 0.3, 0.3]), hand_kl([0.98, 0.01, 0.01], [0.01, 0.01, 0.98])]
     assert kl[0] < 1.0 < kl[1]
-    loss = reverse_distillation_loss(hist, phi, eta_r=3.0, kl_cap=1.0)
+    loss = literal(hist, phi, eta_r=3.0, kl_cap=1.0)  # no phi_start is needed
     assert loss.item() == pytest.approx(-3.0 * (kl[0] + 1.0) / 2, rel=1e-6)
     loss.backward()
     assert torch.all(phi.grad[1] == 0), "a sample past the cap must give no gradient"
@@ -59,77 +62,21 @@ def test_reverse_loss_raises_the_kl_below_the_cap_and_ignores_samples_above():
     assert kl_divergence(hist[:1], stepped[:1]).item() > kl[0], "a gradient step must raise the KL"
 
 
-def test_trust_region_adds_the_kl_to_phi_at_the_phase_start():
+def test_the_trust_term_adds_the_kl_to_phi_at_the_phase_start():
     hist = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.98, 0.01, 0.01]]))
     start = torch.log(torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.3, 0.5]]))
     phi = torch.log(torch.tensor([[0.4, 0.3, 0.3], [0.01, 0.01, 0.98]])).requires_grad_()
     push = -2.0 * (hand_kl([0.5, 0.25, 0.25], [0.4, 0.3, 0.3]) + 1.0) / 2  # second sample capped at 1
     anchor = (hand_kl([0.4, 0.4, 0.2], [0.4, 0.3, 0.3]) + hand_kl([0.2, 0.3, 0.5], [0.01, 0.01, 0.98])) / 2
-    loss = trust_region_reverse_loss(hist, phi, start, eta_r=2.0, kl_cap=1.0, beta=0.5)
+    loss = reverse_distillation_loss(hist, phi, start, eta_r=2.0, kl_cap=1.0, beta=0.5, floor=0.0)
     assert loss.item() == pytest.approx(push + 0.5 * anchor, rel=1e-6)
     # at the phase start (phi = phi_start) the anchor is zero and has no gradient: the capped push alone
     at_start = phi.detach().clone().requires_grad_()
     capped = phi.detach().clone().requires_grad_()
-    trust_region_reverse_loss(hist, at_start, at_start.detach(), 2.0, 1.0, beta=0.5).backward()
-    reverse_distillation_loss(hist, capped, 2.0, 1.0).backward()
+    reverse_distillation_loss(hist, at_start, at_start.detach(), 2.0, 1.0, beta=0.5, floor=0.0).backward()
+    literal(hist, capped, 2.0, 1.0).backward()
     torch.testing.assert_close(at_start.grad, capped.grad)
     assert at_start.grad.abs().sum() > 0
-
-
-def test_anti_target_prefers_what_the_historical_policy_avoids_in_each_observation():
-    hist = torch.log(torch.tensor([[0.8, 0.2], [0.2, 0.8]]))  # two observations, opposite preferences
-    uniform = torch.zeros(2, 2)
-    # tau = 1: q ∝ 1 / pi_hist, so q = [0.2, 0.8] in the first observation and [0.8, 0.2] in the second
-    expected = (hand_kl([0.2, 0.8], [0.5, 0.5]) + hand_kl([0.8, 0.2], [0.5, 0.5])) / 2
-    assert anti_target_reverse_loss(hist, uniform, eta_r=3.0, tau=1.0).item() == pytest.approx(3.0 * expected, rel=1e-6)
-    target = torch.log(torch.tensor([[0.2, 0.8], [0.8, 0.2]]))
-    assert anti_target_reverse_loss(hist, target, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
-    # the target changes with the observation: one state-independent phi cannot reach zero
-    assert anti_target_reverse_loss(hist, target.flip(0), 3.0, 1.0).item() > 1.0
-    # tau = 2: q ∝ pi_hist^-2 = [1/0.64, 1/0.04] -> [0.0588, 0.9412]
-    sharp = torch.log(torch.tensor([[1 / 17, 16 / 17], [16 / 17, 1 / 17]]))
-    assert anti_target_reverse_loss(hist, sharp, 1.0, tau=2.0).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_shift_moves_each_observations_probabilities_one_action_over():
-    hist = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
-    uniform = torch.zeros(2, 3)
-    # tau = 1: q(a|o) = pi_hist(a - 1|o): [0.1, 0.7, 0.2] and [0.6, 0.1, 0.3]
-    expected = (hand_kl([0.1, 0.7, 0.2], [1 / 3] * 3) + hand_kl([0.6, 0.1, 0.3], [1 / 3] * 3)) / 2
-    assert shift_reverse_loss(hist, uniform, eta_r=2.0, tau=1.0).item() == pytest.approx(2.0 * expected, rel=1e-6)
-    target = torch.log(torch.tensor([[0.1, 0.7, 0.2], [0.6, 0.1, 0.3]]))
-    assert shift_reverse_loss(hist, target, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
-    # tau = 2 sharpens: q ∝ [0.01, 0.49, 0.04] in the first observation
-    sharp = torch.log(torch.tensor([[0.01, 0.49, 0.04], [0.36, 0.01, 0.09]]))
-    assert shift_reverse_loss(hist, sharp, 1.0, tau=2.0).item() == pytest.approx(0.0, abs=1e-6)
-    # at tau = 1 the target depends on the observation exactly as much as pi_hist does
-    logits = torch.randn(64, 5) * 2
-    shifted = logits.log_softmax(-1).roll(1, dims=-1)
-    assert mutual_information(shifted).item() == pytest.approx(mutual_information(logits).item(), rel=1e-5)
-
-
-def test_mirror_reflects_the_historical_policy_through_the_uniform_policy():
-    hist = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.8, 0.15, 0.05]]))
-    uniform = torch.zeros(2, 3, requires_grad=True)
-    # 2/3 - pi_hist: [1/15, 11/30, 17/30] (sums to 1); [-2/15 -> 0, 31/60, 37/60] / (17/15)
-    first, second = [1 / 15, 11 / 30, 17 / 30], [0.0, 31 / 68, 37 / 68]
-    expected = (hand_kl(first, [1 / 3] * 3) + sum(q * math.log(3 * q) for q in second if q)) / 2
-    loss = mirror_reverse_loss(hist, uniform, eta_r=1.0)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    loss.backward()  # a zero of the target gives a finite gradient, not nan
-    assert torch.isfinite(uniform.grad).all()
-    # the gradient lowers phi's logit where pi_hist is over 1/A and raises it where it is under
-    assert uniform.grad[1, 0] > 0 and uniform.grad[1, 2] < 0
-
-
-def test_jsd_against_a_hand_computation_and_bounded_by_ln2():
-    p, q = [0.5, 0.5], [0.25, 0.75]
-    m = [(a + b) / 2 for a, b in zip(p, q)]
-    js = 0.5 * hand_kl(p, m) + 0.5 * hand_kl(q, m)
-    loss = jsd_reverse_loss(torch.log(torch.tensor([p])), torch.log(torch.tensor([q])), eta_r=2.0)
-    assert loss.item() == pytest.approx(-2.0 * js, rel=1e-6)
-    disjoint = jsd_reverse_loss(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]), eta_r=1.0)
-    assert disjoint.item() == pytest.approx(-math.log(2), rel=1e-6)
 
 
 def test_input_dependence_is_the_mutual_information_between_observation_and_action():
@@ -142,33 +89,15 @@ def test_input_dependence_is_the_mutual_information_between_observation_and_acti
     assert mutual_information(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_reverse_loss_dispatches_on_the_objective_flag():
-    hist, phi, start = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
-    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0, reverse_floor=0.8)
-    expected = {"capped-kl": reverse_distillation_loss(hist, phi, 1.5, 0.7),
-                "trust-region": trust_region_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3),
-                "trust-floor": trust_floor_reverse_loss(hist, phi, start, 1.5, 0.7, 0.3, 0.8),
-                "mi-floor": mi_floor_reverse_loss(hist, phi, 1.5, 0.7, 0.8),
-                "anti-target": anti_target_reverse_loss(hist, phi, 1.5, 2.0),
-                "mirror": mirror_reverse_loss(hist, phi, 1.5), "shift": shift_reverse_loss(hist, phi, 1.5, 2.0),
-                "jsd": jsd_reverse_loss(hist, phi, 1.5)}
-    assert len({round(v.item(), 6) for v in expected.values()}) == len(expected)
-    assert set(expected) == set(Args.__annotations__["reverse_objective"].__args__), "every choice is tested"
-    for objective, value in expected.items():
-        args.reverse_objective = objective
-        assert reverse_loss(hist, phi, start, args).item() == pytest.approx(value.item(), rel=1e-6)
-
-
-@pytest.mark.parametrize("objective", ["forward", "capped-kl", "trust-region", "anti-target", "mirror", "shift", "jsd"])
-def test_each_loss_is_the_mean_over_observations_of_its_value_on_each_alone(objective):
+@pytest.mark.parametrize("beta", [None, 0.0, 0.3])
+def test_each_per_sample_term_is_the_mean_over_observations_of_its_value_on_each_alone(beta):
     # (T, B, A) logits: every reduction must run over the action axis only, and the batch is a plain mean
+    # (forward: beta None; the reverse push, and with the trust term; the floor is over all rows at once, below)
     torch.manual_seed(0)
     hist, phi, start = (2 * torch.randn(3, 4, 5) for _ in range(3))
-    args = SimpleNamespace(eta_r=1.5, kl_cap=0.7, reverse_trust=0.3, reverse_temperature=2.0,
-                           reverse_objective=objective)
 
     def loss(h, p, s):
-        return forward_distillation_loss(h, p, 1.5) if objective == "forward" else reverse_loss(h, p, s, args)
+        return forward_distillation_loss(h, p, 1.5) if beta is None else reverse_distillation_loss(h, p, s, 1.5, 0.7, beta, 0.0)
 
     alone = [loss(h[None], p[None], s[None]).item() for h, p, s in zip(*(x.reshape(-1, 5) for x in (hist, phi, start)))]
     assert len(set(np.round(alone, 6))) > 1
@@ -249,7 +178,7 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
     theta, phi = make_actor(0), make_actor(1)
     window = make_window(theta)
     args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5,
-                           reverse_objective="capped-kl")
+                           reverse_trust=0.0, reverse_floor=0.0)
     optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
     before = distill_diagnostics(phi, window, sequences_per_minibatch=3)
     distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
@@ -263,27 +192,22 @@ def test_a_distillation_phase_moves_phi_the_right_way(direction):
         assert after["kl"] > before["kl"]
 
 
-def test_a_trust_region_phase_keeps_phi_near_where_it_started():
+def test_the_trust_region_keeps_phi_near_where_the_reverse_phase_started():
     theta = make_actor(0)
     window = make_window(theta)
     rgb, vector, done, _ = (torch.cat(x, dim=1) for x in zip(*window))
     everything = torch.arange(rgb.shape[1])
-    moved, phis = {}, {}
-    for objective, beta in [("capped-kl", 0.0), ("trust-region", 0.0), ("trust-region", 10.0)]:
+    moved = {}
+    for beta in [0.0, 10.0]:
         phi = make_actor(1)
         with torch.no_grad():
             start = unroll_phi(phi, rgb, vector, done, everything)
-        args = SimpleNamespace(distill_epochs=4, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5,
-                               reverse_objective=objective, reverse_trust=beta)
-        # one minibatch of every sequence per epoch (phi_start's unroll draws actions from torch's RNG)
+        args = SimpleNamespace(distill_epochs=4, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5, reverse_trust=beta,
+                               reverse_floor=0.0)
         distill(phi, torch.optim.Adam(phi.parameters(), lr=1e-2), window, "reverse", rgb.shape[1], args)
         with torch.no_grad():
-            moved[objective, beta] = kl_divergence(start, unroll_phi(phi, rgb, vector, done, everything)).mean().item()
-        phis[objective, beta] = phi
-    # beta = 0 is the capped push exactly; the anchor to phi at the phase start holds phi back
-    for a, b in zip(phis["capped-kl", 0.0].parameters(), phis["trust-region", 0.0].parameters()):
-        torch.testing.assert_close(a, b)
-    assert moved["trust-region", 10.0] < 0.5 * moved["trust-region", 0.0]
+            moved[beta] = kl_divergence(start, unroll_phi(phi, rgb, vector, done, everything)).mean().item()
+    assert moved[10.0] < 0.5 * moved[0.0]
 
 
 def test_restart_from_copies_theta_into_phi_and_forgets_the_optimizer_moments():
@@ -355,18 +279,17 @@ def collapse_window():
     return theta, window
 
 
-def alternate_phases(objective, lr):
+def alternate_phases(**flags):
     """forward, reverse, forward, reverse on the collapse window from a perturbed copy of theta with
-    bidist_mappo.py's default distillation settings (but `objective` and the learning rate `lr`);
-    diagnostics after each phase."""
+    bidist_mappo.py's default distillation settings but `flags`; diagnostics after each phase."""
     theta, window = collapse_window()
     phi = copy.deepcopy(theta)
     torch.manual_seed(1)
     with torch.no_grad():
         for param in phi.parameters():
             param.add_(0.05 * param.std() * torch.randn_like(param))
-    args = Args(reverse_objective=objective)
-    optimizer = torch.optim.Adam(phi.parameters(), lr=lr, eps=1e-5)
+    args = Args(**flags)
+    optimizer = torch.optim.Adam(phi.parameters(), lr=args.distill_lr, eps=1e-5)
     stats = []
     for direction in ["forward", "reverse", "forward", "reverse"]:
         distill(phi, optimizer, window, direction, 8, args)
@@ -374,79 +297,74 @@ def alternate_phases(objective, lr):
     return stats
 
 
-def test_mi_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
+def floor_only(hist_logits, phi_logits, eta_r, kl_cap, floor):
+    return reverse_distillation_loss(hist_logits, phi_logits, None, eta_r, kl_cap, beta=0.0, floor=floor)
+
+
+def test_the_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
     hist = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))  # I(o; a) = KL([0.9, 0.1] || [0.5, 0.5]) = 0.3681
     mi_hist = 0.9 * math.log(1.8) + 0.1 * math.log(0.2)
     assert mutual_information(hist).item() == pytest.approx(mi_hist, rel=1e-6)
     uniform = torch.zeros(2, 2)  # input-independent: I = 0, KL(hist || uniform) = 0.3681 per row
-    assert mi_floor_reverse_loss(hist, uniform, 1.0, 1.0, 2.0).item() == pytest.approx(-mi_hist, rel=1e-5)
-    assert mi_floor_reverse_loss(hist, hist, 1.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)  # all of it
+    assert floor_only(hist, uniform, 1.0, 1.0, 2.0).item() == pytest.approx(-mi_hist, rel=1e-5)
+    assert floor_only(hist, hist, 1.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)  # all of it
     # half of the window's dependence: [0.7, 0.3] / [0.3, 0.7] has I = KL([0.7, 0.3] || [0.5, 0.5])
     half = torch.log(torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
     share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
-    assert mi_floor_reverse_loss(hist, half, 1.0, 1.0, 2.0).item() == pytest.approx(
+    assert floor_only(hist, half, 1.0, 1.0, 2.0).item() == pytest.approx(
         -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
     # past the window's dependence nothing more is paid
     sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
     kl = hand_kl([0.9, 0.1], [0.99, 0.01])
-    assert mi_floor_reverse_loss(hist, sharp, 1.0, 1.0, 2.0).item() == pytest.approx(-kl - 2.0, rel=1e-5)
+    assert floor_only(hist, sharp, 1.0, 1.0, 2.0).item() == pytest.approx(-kl - 2.0, rel=1e-5)
     # a window that hardly depends on its input counts as 0.01 nats
     flat = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
-    assert mi_floor_reverse_loss(flat, half, 0.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)
+    assert floor_only(flat, half, 0.0, 1.0, 2.0).item() == pytest.approx(-2.0, rel=1e-5)
     # (T, B, A) logits: the dependence is over all T * B observations at once
     torch.manual_seed(0)
     h, p = torch.randn(3, 4, 5) * 2, torch.randn(3, 4, 5)
-    assert mi_floor_reverse_loss(h, p, 1.0, 1.0, 0.5).item() == pytest.approx(
-        mi_floor_reverse_loss(h.reshape(12, 5), p.reshape(12, 5), 1.0, 1.0, 0.5).item(), rel=1e-6)
+    assert floor_only(h, p, 1.0, 1.0, 0.5).item() == pytest.approx(
+        floor_only(h.reshape(12, 5), p.reshape(12, 5), 1.0, 1.0, 0.5).item(), rel=1e-6)
     # below the window's dependence, a gradient step on the floor raises phi's
     phi = (0.1 * torch.randn(64, 5)).requires_grad_()
     h = torch.randn(64, 5) * 3
     before = mutual_information(phi).item()
-    mi_floor_reverse_loss(h, phi, 0.0, 1.0, 1.0).backward()  # eta_r 0: the floor alone
+    floor_only(h, phi, 0.0, 1.0, 1.0).backward()  # eta_r 0: the floor alone
     assert mutual_information(phi - 1.0 * phi.grad).item() > before
 
 
-def test_trust_floor_is_the_trust_region_loss_minus_the_floor_on_input_dependence():
+def test_the_default_loss_is_the_push_plus_the_trust_term_minus_the_floor():
     hist = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
     mi_hist = 0.9 * math.log(1.8) + 0.1 * math.log(0.2)
     half = torch.log(torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
     share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
     # at the phase start (phi = phi_start) the trust term is zero: the capped push and the floor remain
-    assert trust_floor_reverse_loss(hist, half, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+    assert reverse_distillation_loss(hist, half, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
         -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
     # away from the start, beta * KL(start || phi) is added; a phi as input-dependent as the window is paid all
     sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
-    assert trust_floor_reverse_loss(hist, sharp, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+    assert reverse_distillation_loss(hist, sharp, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
         -hand_kl([0.9, 0.1], [0.99, 0.01]) + 0.5 * hand_kl([0.7, 0.3], [0.99, 0.01]) - 2.0, rel=1e-5)
-    # an input-independent phi is paid nothing: trust-floor is then exactly trust-region
+    # an input-independent phi is paid nothing: the loss is then the push and the trust term alone
     uniform = torch.zeros(2, 2)
-    assert trust_floor_reverse_loss(hist, uniform, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
-        trust_region_reverse_loss(hist, uniform, half, 1.0, 1.0, 0.5).item(), rel=1e-6)
+    assert reverse_distillation_loss(hist, uniform, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
+        -hand_kl([0.9, 0.1], [0.5, 0.5]) + 0.5 * hand_kl([0.7, 0.3], [0.5, 0.5]), rel=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["mi-floor", "trust-floor"])
-def test_floor_objectives_keep_phi_input_dependent_through_reverse_phases(objective):
-    phases = alternate_phases(objective, Args().distill_lr)
-    for phase in phases:
-        assert phase["phi_input_dependence"] > 0.4 * phase["theta_input_dependence"]
-    forward, reverse, forward2, reverse2 = phases
-    assert reverse["kl"] > forward["kl"] + 0.3 and reverse2["kl"] > forward2["kl"] + 0.3, "phi leaves the window"
-
-
-def test_the_default_reverse_objective_keeps_phi_alive_where_capped_kl_collapses():
-    phases = alternate_phases(Args().reverse_objective, Args().distill_lr)
+def test_the_default_reverse_loss_keeps_phi_alive_where_the_literal_one_collapses():
+    phases = alternate_phases()
     for phase in phases:
         assert phase["phi_logp_ratio"] > 0.5 and phase["phi_input_dependence"] > 0.4 * phase["theta_input_dependence"]
     forward, reverse, forward2, reverse2 = phases
     assert reverse["kl"] > forward["kl"] + 0.3 and reverse2["kl"] > forward2["kl"] + 0.3, "phi leaves the window"
     # the literal capped KL at the same settings: phi stops depending on its input
-    capped = alternate_phases("capped-kl", Args().distill_lr)
+    capped = alternate_phases(reverse_trust=0.0, reverse_floor=0.0)
     assert capped[1]["phi_input_dependence"] < 0.1 * capped[1]["theta_input_dependence"]
 
 
-# The reverse losses' values and gradients on fixed tensors, recorded from bidist_mappo.py's trust_floor_reverse_loss
-# and reverse_distillation_loss (capped-kl) before the reverse objectives became one loss: the one loss must give
-# the same numbers at the same flags.
+# The reverse losses' values and gradients on fixed tensors, recorded at commit c08ee97 from bidist_mappo.py's
+# trust_floor_reverse_loss and reverse_distillation_loss (capped-kl) before the reverse objectives became one loss:
+# the one loss gives the same numbers at the same flags (the defaults; --reverse-trust 0 --reverse-floor 0).
 RECORDED_INPUTS = torch.arange(60, dtype=torch.float32)
 RECORDED_HIST = (3 * torch.sin(0.7 * RECORDED_INPUTS)).reshape(3, 4, 5)  # (T, B, A): 4 of 12 rows past a cap of 1
 RECORDED_START = torch.sin(0.37 * RECORDED_INPUTS + 1.0).reshape(3, 4, 5)
@@ -476,15 +394,21 @@ RECORDED_GRAD = {"trust-floor": [
     -0.003331871, -0.013369647, -0.010420403, 0.028260645]}
 
 
-@pytest.mark.parametrize("case, loss", [
-    ("trust-floor", lambda h, p, s: trust_floor_reverse_loss(h, p, s, 1.0, 1.0, 1.0, 2.0)),
-    ("capped-kl", lambda h, p, s: reverse_distillation_loss(h, p, 1.0, 1.0)),
-    ("trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8", lambda h, p, s: trust_floor_reverse_loss(h, p, s, 1.5, 0.7, 0.3, 0.8)),
-    ("capped-kl eta_r 1.5, kl_cap 0.7", lambda h, p, s: reverse_distillation_loss(h, p, 1.5, 0.7)),
+@pytest.mark.parametrize("case, flags", [
+    ("trust-floor", {}),  # the defaults
+    ("capped-kl", {"reverse_trust": 0.0, "reverse_floor": 0.0}),
+    ("trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8",
+     {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.3, "reverse_floor": 0.8}),
+    ("capped-kl eta_r 1.5, kl_cap 0.7", {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.0, "reverse_floor": 0.0}),
 ])
-def test_the_reverse_loss_gives_the_recorded_values_and_gradients(case, loss):
+def test_the_reverse_loss_gives_the_recorded_values_and_gradients(case, flags):
+    defaults = Args()
+    assert (defaults.eta_r, defaults.kl_cap, defaults.reverse_trust, defaults.reverse_floor) == (1.0, 1.0, 1.0, 2.0)
+    args = Args(**flags)
     phi = (2 * torch.cos(1.3 * RECORDED_INPUTS)).reshape(3, 4, 5).requires_grad_()
-    value = loss(RECORDED_HIST, phi, RECORDED_START)
+    start = RECORDED_START if args.reverse_trust else None  # as distill: no phi_start without the trust term
+    value = reverse_distillation_loss(RECORDED_HIST, phi, start, args.eta_r, args.kl_cap, args.reverse_trust,
+                                      args.reverse_floor)
     value.backward()
     assert value.item() == pytest.approx(RECORDED_LOSS[case], rel=1e-6)
     if case in RECORDED_GRAD:
