@@ -1,6 +1,6 @@
 # Population-population generalisation, measured the Melting Pot way: a checkpoint's trained
 # population as the focal players of Melting Pot scenarios, scored by focal per-capita return.
-# Docs and an example table: README.md
+# Docs and an example table: docs/evaluation.md
 import concurrent.futures
 import importlib.util
 import json

@@ -1,5 +1,5 @@
 # Self-play with past selves (FSP) on MAPPO, Melting Pot, CleanRL style: mappo.py plus a pool of theta's
-# snapshots that plays a random share of the co-player slots. Docs and measured results: README.md
+# snapshots that plays a random share of the co-player slots. Docs and measured results: docs/algorithms/fsp.md
 import copy
 import os
 import random
@@ -108,7 +108,7 @@ class Args:
     """the most snapshots the pool holds; the oldest is dropped"""
     pool_sampling: Literal["uniform", "latest", "prioritised"] = "uniform"
     """how a pool slot's snapshot is drawn: uniformly, the newest, or prioritised towards the snapshots beside
-    which the trained slots earn least (README)"""
+    which the trained slots earn least (docs/algorithms/fsp.md)"""
 
     # to be filled in runtime
     num_players: int = 0

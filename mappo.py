@@ -1,4 +1,4 @@
-# MAPPO on Melting Pot, CleanRL style. Docs and measured results: README.md
+# MAPPO on Melting Pot, CleanRL style. Docs and measured results: docs/algorithms/mappo.md
 import copy
 import os
 import random

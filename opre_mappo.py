@@ -1,6 +1,6 @@
 # OPRE (Options as Responses, Vezhnevets et al., ICML 2020) on MAPPO, Melting Pot, CleanRL style: mappo.py with
 # a policy that mixes options, weighted by a prior over options from the player's own history when acting and by
-# a posterior that also sees the whole world (training only) when learning. Docs and measured results: README.md
+# a posterior that also sees the whole world (training only) when learning. Docs and measured results: docs/algorithms/opre.md
 import copy
 import os
 import random

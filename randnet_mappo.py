@@ -1,6 +1,6 @@
 # RandNet (network randomisation, Lee et al., ICLR 2020) on MAPPO, Melting Pot, CleanRL style: mappo.py plus a
 # random convolution, re-drawn every iteration, in front of the actor's RGB input of a share of the players, and a
-# feature-matching loss between their perturbed and clean features. Docs and measured results: README.md
+# feature-matching loss between their perturbed and clean features. Docs and measured results: docs/algorithms/randnet.md
 import copy
 import os
 import random

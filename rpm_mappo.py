@@ -1,6 +1,6 @@
 # Ranked Policy Memory (RPM, arXiv 2210.09646) on MAPPO, Melting Pot, CleanRL style: mappo.py plus a memory of
 # theta's snapshots keyed by their training return, whose snapshots play the co-player slots of a random share of
-# the environments. Docs and measured results: README.md
+# the environments. Docs and measured results: docs/algorithms/rpm.md
 import copy
 import math
 import os

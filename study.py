@@ -1,6 +1,6 @@
 # The generalisation study: train every (method, seed), then score each trained population as the
 # focal player beside every population it never met, with confidence intervals, tables and plots.
-# Protocol and a measured study: README.md, "Generalisation study"
+# Protocol, statistics and outputs: docs/study.md
 import glob
 import hashlib
 import json

@@ -50,7 +50,7 @@ class _TensorFlowStandIn(types.ModuleType):
     def __getattr__(self, name):
         raise AttributeError(
             f"tensorflow.{name}: TensorFlow was not loaded (training does not need it); "
-            "Melting Pot's background bots need it: `make bots`, see README"
+            "Melting Pot's background bots need it: `make bots`, see docs/get-started/installation.md"
         )
 
 
@@ -367,7 +367,7 @@ class MeltingPotVecEnv:
         returns at once. Called when the learner takes over after a rollout, it moves into the learner's time
         the rebuild that an episode's end costs (0.04 s on the matrix substrates, 0.47 s on clean_up, while
         every other environment waits for it). The engine seeds the episodes get repeat for a seed from run
-        to run (Melting Pot's spawn order does not: README, Reproducibility); a worker that fails while
+        to run (Melting Pot's spawn order does not: docs/reproducibility.md); a worker that fails while
         building reports it at the next step."""
         self._send([("prepare", None)] * len(self.remotes))
 

@@ -1,6 +1,6 @@
 """Throughput and memory of the vectorised Melting Pot environment and of every algorithm script, in one run.
 
-    python benchmarks/throughput.py                       # the README's table
+    python benchmarks/throughput.py                       # the table of docs/throughput.md
     python benchmarks/throughput.py --scripts mappo bidist_mappo --substrate clean_up
 
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner), and one environment stepped the same

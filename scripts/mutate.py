@@ -4,7 +4,7 @@ mutmut (configured in pyproject.toml) copies the scripts into ./mutants/, makes 
 to one function at a time (a `+` for a `-`, `1` for `0`, a dropped argument, ...) and runs the
 fast unit tests that call that function; a mutant is killed when a test fails. This script
 picks the functions (the algorithm, not argument checks or logging), runs mutmut over them and
-prints the score per function and the survivors, which README "Mutation testing" accounts for.
+prints the score per function and the survivors, which docs/testing.md ("Mutation testing") accounts for.
 
     .venv/bin/python scripts/mutate.py              # every algorithm script
     .venv/bin/python scripts/mutate.py --jobs 2     # mutants tested in parallel

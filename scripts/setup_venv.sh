@@ -37,7 +37,7 @@ elif grep -qE "urlopen error|URLError|Name or service not known|Temporary failur
   mkdir -p "$build_tmp/placeholder/assets/saved_models"
   tar -czf "$build_tmp/$ASSETS_TARBALL" -C "$build_tmp/placeholder" assets
   pip_install_meltingpot || { cat "$log"; exit 1; }
-  echo "dm-meltingpot $MELTINGPOT_VERSION installed WITHOUT bot assets (download impossible here): substrates and the 12 no-op-bot scenarios work; see README 'Melting Pot bots'"
+  echo "dm-meltingpot $MELTINGPOT_VERSION installed WITHOUT bot assets (download impossible here): substrates and the 12 no-op-bot scenarios work; see docs/get-started/installation.md"
 else
   cat "$log"
   echo "error: installing dm-meltingpot $MELTINGPOT_VERSION failed (log above)" >&2

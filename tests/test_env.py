@@ -104,7 +104,7 @@ def test_automatic_reset_and_episode_statistics():
 
 def rollout(seed, steps=40):
     # The same action for every player: Melting Pot may give the players each other's spawn points
-    # from one process to the next (README, Reproducibility), which WORLD.RGB cannot tell apart.
+    # from one process to the next (docs/reproducibility.md), which WORLD.RGB cannot tell apart.
     envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", num_envs=2, seed=seed, num_workers=2)
     try:
         frames = [envs.reset()["world"]]

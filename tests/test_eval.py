@@ -336,7 +336,7 @@ def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
 def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
     """The same --seed gives every episode the same seed and background draw with 1 or 2 workers.
     The returns themselves do not repeat: Melting Pot's engine assigns spawn points in an order
-    that varies between builds (README, Reproducibility); measured here on pure_coordination, where
+    that varies between builds (docs/reproducibility.md); measured here on pure_coordination, where
     the networks of save_fake_checkpoint (far from uniform) earn non-zero returns."""
     save_fake_checkpoint(tmp_path / "a.pt")
     save_fake_checkpoint(tmp_path / "b.pt", algorithm="mappo", hidden=8)

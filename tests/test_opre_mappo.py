@@ -175,7 +175,7 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
 
 def test_options_differentiate_from_the_uniform_start_where_the_posterior_sees_what_pays():
     # symmetric options and uniform gates could stay a fixed point; OPRE's update breaks the symmetry when
-    # the posterior's information pays (about 60 updates of nothing, then it takes off: README, OPRE)
+    # the posterior's information pays (about 60 updates of nothing, then it takes off: docs/algorithms/opre.md)
     per_context, rewarded = contextual_bandit_options(seed=0)
     assert len(set(per_context.argmax(1).tolist())) == 4, "each context its own option"
     assert (per_context.max(1).values > 0.25).all()  # 8 options: uniform is 0.125

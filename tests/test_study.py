@@ -387,7 +387,7 @@ COMMITTED_STUDIES = sorted(p for p in glob.glob(f"{ROOT}/results/*/study.json")
 
 @pytest.mark.parametrize("record", COMMITTED_STUDIES, ids=[p.split("/")[-2] for p in COMMITTED_STUDIES])
 def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
-    """The README's tables come from results/: each committed study's results.md and training.md are what
+    """The docs' tables come from results/: each committed study's results.md and training.md are what
     --from-results computes from its committed populations, logs and episodes, with no training and no
     episode played (it refuses to do either)."""
     study = os.path.dirname(record)
