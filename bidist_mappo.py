@@ -1,5 +1,4 @@
-# BiDist (Bidirectional Distillation) on MAPPO, Melting Pot, CleanRL style. The method, its flags, logs and
-# measured results: docs/algorithms/bidist.md
+# Bidirectional Distillation (BiDist) on MAPPO, Melting Pot, CleanRL style. Docs and measured results: docs/algorithms/bidist.md
 import copy
 import math
 import os
