@@ -1,4 +1,4 @@
-# Bidirectional Distillation (BiDist) on MAPPO, Melting Pot, CleanRL style. Docs and measured results: docs/algorithms/bidist.md
+# Bidirectional Distillation (BiDist) on MAPPO, Melting Pot, CleanRL style. Docs and results: docs/algorithms/bidist.md
 import copy
 import math
 import os
