@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 import torch
-import tyro
 from tqdm import tqdm
 
 import utils
@@ -364,7 +363,7 @@ def markdown_table(summaries):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = utils.cli(Args)
     for name in ["num_episodes", "num_focal"]:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -18,7 +18,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import tyro
 
 import eval_scenarios
 import utils
@@ -1106,7 +1105,7 @@ def check_study(args):
 
 if __name__ == "__main__":
     utils.quiet_interrupt("interrupted: the same command continues the study")
-    args = tyro.cli(Args)
+    args = utils.cli(Args)
     if args.from_results:
         args = args_from_results(args.from_results)
     methods = check_study(args)

@@ -649,8 +649,31 @@ def parse_args(args_class):
     if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
         resume = argv[argv.index("--resume") + 1]
     if resume is None or any(a in ("-h", "--help") for a in argv):
-        return tyro.cli(args_class)
+        return cli(args_class)
     saved = load_checkpoint(resume)["args"]
     names = {f.name for f in fields(args_class) if f.init}
     default = args_class(**{k: v for k, v in saved.items() if k in names})
-    return tyro.cli(args_class, default=default)
+    return cli(args_class, default=default)
+
+
+def cli(args_class, **kwargs):
+    """`tyro.cli`, whose error box (an unknown flag, a value that does not parse) becomes one line:
+    `error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs (python mappo.py --help)`."""
+    import io
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(args_class, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        lines = [line.strip("│╭╮╰╯─ \t") for line in captured.getvalue().splitlines()]
+        lines = [line for line in lines if line and not line.startswith("For full helptext")]
+        message = lines[1] if len(lines) > 1 else "the flags do not parse"  # lines[0] is the box's title
+        if message.startswith("Missing from"):  # required flags, each on a line of its own
+            message = "missing " + ", ".join(line.split()[0] for line in lines[2:] if line.startswith("--"))
+        if "Perhaps you meant:" in lines:
+            suggestions = [line.split()[0] for line in lines[lines.index("Perhaps you meant:") + 1:] if line.startswith("--")]
+            message += f"; perhaps you meant {' or '.join(suggestions[:3])}" if suggestions else ""
+        raise SystemExit(f"error: {message} (python {os.path.basename(sys.argv[0])} --help lists the flags)") from None

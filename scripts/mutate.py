@@ -31,10 +31,8 @@ FUNCTIONS = [
     "xǁValueNormǁupdate", "xǁValueNormǁnormalize", "xǁValueNormǁdenormalize",
     # mixed play and distillation (BiDist)
     "x_sample_mask", "x_mixed_action", "x_kl_divergence", "x_forward_distillation_loss",
-    "x_reverse_distillation_loss", "x_trust_region_reverse_loss", "x_anti_target_reverse_loss",
-    "x_mirror_reverse_loss", "x_shift_reverse_loss", "x_jsd_reverse_loss", "x_reverse_loss",
-    "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_mutual_information", "x_mi_floor_reverse_loss", "x_input_dependence_share",
-    "x_trust_floor_reverse_loss", "x_restart_from",
+    "x_reverse_distillation_loss", "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_mutual_information",
+    "x_input_dependence_share", "x_restart_from",
     # the pool of past selves (FSP)
     "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
     # the ranked policy memory (RPM)

@@ -149,6 +149,9 @@ def error_line(result):
         (["--num-envs", "6", "--num-minibatches", "4"], "--num-envs 6 must be a multiple of --num-minibatches 4"),
         (["--total-timesteps", "10"], "less than one rollout"),
         (["--resume", "nowhere.pt"], "--resume nowhere.pt: no such file"),
+        (["--num-env", "3"], "error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs "
+                             "(python mappo.py --help lists the flags)"),
+        (["--num-envs", "many"], "error: Error parsing --num-envs: invalid literal for int() with base 10: 'many'"),
     ],
 )
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
