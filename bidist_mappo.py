@@ -142,16 +142,26 @@ class Args:
 
 def check_args(args):
     """One-line errors for impossible settings, before any process starts."""
-    positive = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "hidden_size",
-                "kd", "distill_epochs"]
+    positive = [
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "total_timesteps",
+        "hidden_size",
+        "kd",
+        "distill_epochs",
+    ]
     for name in positive:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_envs % args.num_minibatches:
         raise SystemExit(f"error: --num-envs {args.num_envs} must be a multiple of --num-minibatches {args.num_minibatches}")
     if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
-                         f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})")
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})"
+        )
     for name in ["num_workers", "max_episode_steps", "torch_threads"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -174,15 +184,23 @@ def check_reverse_objective(saved, path, args):
     --reverse-objective. The four that are today's loss with some coefficients at 0 resume with those at 0;
     the four others are not in this script any more: a one-line error."""
     objective = saved.get("reverse_objective", "trust-floor")
-    zero = {"trust-floor": [], "trust-region": ["reverse_floor"], "mi-floor": ["reverse_trust"],
-            "capped-kl": ["reverse_trust", "reverse_floor"]}
+    zero = {
+        "trust-floor": [],
+        "trust-region": ["reverse_floor"],
+        "mi-floor": ["reverse_trust"],
+        "capped-kl": ["reverse_trust", "reverse_floor"],
+    }
     if objective not in zero:
-        raise SystemExit(f"error: --resume {path} was trained with --reverse-objective {objective}, which this script no "
-                         f"longer has (commit ebf3ba5 does); it resumes capped-kl, trust-region, mi-floor and trust-floor")
+        raise SystemExit(
+            f"error: --resume {path} was trained with --reverse-objective {objective}, which this script no "
+            f"longer has (commit ebf3ba5 does); it resumes capped-kl, trust-region, mi-floor and trust-floor"
+        )
     if any(getattr(args, name) for name in zero[objective]):
         flags = " ".join(f"--{name.replace('_', '-')} 0" for name in zero[objective])
-        raise SystemExit(f"error: --resume {path} was trained with --reverse-objective {objective}; resume it with {flags}, "
-                         f"today's form of that loss")
+        raise SystemExit(
+            f"error: --resume {path} was trained with --reverse-objective {objective}; resume it with {flags}, "
+            f"today's form of that loss"
+        )
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -325,8 +343,12 @@ def rollout_values(critic, world, rgb, vector, calls):
     """The critic's normalised values of a whole rollout, (num_steps, rows), in `calls` batched calls over
     its steps. The critic is feed-forward and does not change during the rollout, so this is what one call
     per step while acting gives (to float rounding), at a fraction of the cost."""
-    return torch.cat([critic.get_value(w.flatten(0, 1), r.flatten(0, 1), v.flatten(0, 1)).view(len(w), -1)
-                      for w, r, v in zip(world.chunk(calls), rgb.chunk(calls), vector.chunk(calls))])
+    return torch.cat(
+        [
+            critic.get_value(w.flatten(0, 1), r.flatten(0, 1), v.flatten(0, 1)).view(len(w), -1)
+            for w, r, v in zip(world.chunk(calls), rgb.chunk(calls), vector.chunk(calls))
+        ]
+    )
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
@@ -352,7 +374,8 @@ def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, 
     targets in ValueNorm's normalised units) and entropy bonus. Returns the loss and its parts.
     BiDist: only the samples of trained slots (`trained`, a boolean mask) enter any term."""
     newlogprob, entropy, newvalue, logprob, advantages, value, target = (
-        x[trained] for x in (newlogprob, entropy, newvalue, logprob, advantages, value, target))
+        x[trained] for x in (newlogprob, entropy, newvalue, logprob, advantages, value, target)
+    )
     logratio = newlogprob - logprob
     ratio = logratio.exp()
     with torch.no_grad():
@@ -380,8 +403,14 @@ def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, 
 
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy_loss, "old_approx_kl": old_approx_kl,
-                  "approx_kl": approx_kl, "clipfrac": clipfrac}
+    return loss, {
+        "pg_loss": pg_loss,
+        "v_loss": v_loss,
+        "entropy": entropy_loss,
+        "old_approx_kl": old_approx_kl,
+        "approx_kl": approx_kl,
+        "clipfrac": clipfrac,
+    }
 
 
 # ALGO LOGIC: BiDist, in the order of the method: mixed play, the distillation window, forward distillation,
@@ -459,7 +488,9 @@ def input_dependence_share(hist_logits, phi_logits):
     """phi's input dependence as a share of the historical policies', up to all of it: min(I_phi / I_hist, 1),
     I the mutual information between observation and action over all rows of the minibatch. A window depending
     on its input by less than 0.01 nats counts as 0.01. Differentiable in phi; the window's I is a constant."""
-    share = mutual_information(phi_logits.flatten(0, -2)) / mutual_information(hist_logits.flatten(0, -2)).detach().clamp(min=0.01)
+    share = mutual_information(phi_logits.flatten(0, -2)) / mutual_information(hist_logits.flatten(0, -2)).detach().clamp(
+        min=0.01
+    )
     return torch.clamp(share, max=1.0)
 
 
@@ -499,8 +530,9 @@ def distill(phi, phi_optimizer, window, direction, sequences_per_minibatch, args
             else:
                 with torch.no_grad():
                     start_logits = unroll_phi(phi_start, rgb, vector, done, seqs) if phi_start else None
-                loss = reverse_distillation_loss(hist, logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust,
-                                                 args.reverse_floor)
+                loss = reverse_distillation_loss(
+                    hist, logits, start_logits, args.eta_r, args.kl_cap, args.reverse_trust, args.reverse_floor
+                )
             phi_optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(phi.parameters(), args.max_grad_norm)
@@ -533,20 +565,26 @@ def distill_diagnostics(phi, window, sequences_per_minibatch):
 
     phi_std, theta_std = per_policy(logp_std, phi_logp), per_policy(logp_std, theta_logp)
     pooled = logp_std(phi_logp.flatten(0, 1)).item() / max(logp_std(theta_logp.flatten(0, 1)).item(), 1e-8)
-    return {"kl": kl_divergence(theta_logp, phi_logp).mean().item(),
-            "phi_input_dependence": per_policy(mutual_information, phi_logp),
-            "theta_input_dependence": per_policy(mutual_information, theta_logp),
-            "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
-            "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
-            "phi_logp_std": phi_std, "theta_logp_std": theta_std, "phi_logp_ratio": phi_std / max(theta_std, 1e-8),
-            "phi_logp_ratio_pooled": pooled}
+    return {
+        "kl": kl_divergence(theta_logp, phi_logp).mean().item(),
+        "phi_input_dependence": per_policy(mutual_information, phi_logp),
+        "theta_input_dependence": per_policy(mutual_information, theta_logp),
+        "phi_entropy": Categorical(logits=phi_logp).entropy().mean().item(),
+        "theta_entropy": Categorical(logits=theta_logp).entropy().mean().item(),
+        "phi_logp_std": phi_std,
+        "theta_logp_std": theta_std,
+        "phi_logp_ratio": phi_std / max(theta_std, 1e-8),
+        "phi_logp_ratio_pooled": pooled,
+    }
 
 
 def describe_phase(phase):
     """The diagnostics of distill_diagnostics for a progress line (everything but the KL)."""
-    return (f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
-            f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio {phase['phi_logp_ratio']:.2f}) | "
-            f"input dependence phi {phase['phi_input_dependence']:.3f} theta {phase['theta_input_dependence']:.3f}")
+    return (
+        f"entropy phi {phase['phi_entropy']:.2f} theta {phase['theta_entropy']:.2f} | logp std phi "
+        f"{phase['phi_logp_std']:.2f} theta {phase['theta_logp_std']:.2f} (ratio {phase['phi_logp_ratio']:.2f}) | "
+        f"input dependence phi {phase['phi_input_dependence']:.3f} theta {phase['theta_input_dependence']:.3f}"
+    )
 
 
 def format_eta(seconds):
@@ -559,8 +597,13 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
-        utils.check_checkpoint(checkpoint, args.resume, SCRIPT, args,
-                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"))
+        utils.check_checkpoint(
+            checkpoint,
+            args.resume,
+            SCRIPT,
+            args,
+            must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"),
+        )
         check_reverse_objective(checkpoint["args"], args.resume, args)
         run_name = checkpoint["run_name"]
     else:
@@ -580,8 +623,12 @@ if __name__ == "__main__":
     start_iteration = checkpoint["iteration"] + 1 if checkpoint else 1
     print(f"starting {args.num_envs} environments of {args.substrate}", flush=True)
     envs = utils.MeltingPotVecEnv(
-        args.substrate, args.num_envs, seed=args.seed + start_iteration - 1, num_workers=args.num_workers,
-        downsample=args.downsample, max_episode_steps=args.max_episode_steps,
+        args.substrate,
+        args.num_envs,
+        seed=args.seed + start_iteration - 1,
+        num_workers=args.num_workers,
+        downsample=args.downsample,
+        max_episode_steps=args.max_episode_steps,
     )
     next_obs = envs.reset()
     args.num_players = envs.num_players
@@ -615,25 +662,45 @@ if __name__ == "__main__":
             import wandb
         except ImportError:
             raise SystemExit("error: --track needs wandb: .venv/bin/pip install wandb") from None
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            resume="allow",
+            id=run_name,
+        )
     writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)  # drop logs past the checkpoint
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
-    print(f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
-          f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}")
+    print(
+        f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
+        f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}"
+    )
 
     def state(iteration):
         """What a checkpoint holds, as of the end of `iteration`."""
         return {
-            "algorithm": SCRIPT, "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
-            "iteration": iteration, "global_step": global_step,
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "value_norm": value_norm.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
-            "phi": phi.state_dict(), "phi_optimizer": phi_optimizer.state_dict(), "phases_run": phases_run,
-            "last_phase": last_phase, "window": list(window),
+            "algorithm": SCRIPT,
+            "substrate": args.substrate,
+            "args": asdict(args),
+            "run_name": run_name,
+            "iteration": iteration,
+            "global_step": global_step,
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+            "value_norm": value_norm.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": utils.rng_state(),
+            "phi": phi.state_dict(),
+            "phi_optimizer": phi_optimizer.state_dict(),
+            "phases_run": phases_run,
+            "last_phase": last_phase,
+            "window": list(window),
         }
 
     # ALGO Logic: Storage setup, time-major, one column per player row
@@ -647,8 +714,9 @@ if __name__ == "__main__":
     theta_logits = torch.zeros((args.num_steps, num_rows, envs.num_actions)).to(device)
     # the distillation window: (rgb, vector, dones, theta logits) of the trained slots of the last kd
     # rollouts, saved in checkpoints so that a resume loses nothing
-    window = deque([tuple(x.to(device) for x in rollout) for rollout in checkpoint["window"]] if checkpoint else [],
-                   maxlen=args.kd)
+    window = deque(
+        [tuple(x.to(device) for x in rollout) for rollout in checkpoint["window"]] if checkpoint else [], maxlen=args.kd
+    )
     sequences_per_minibatch = args.num_envs // args.num_minibatches * args.num_players
 
     # TRY NOT TO MODIFY: start the game
@@ -693,7 +761,8 @@ if __name__ == "__main__":
                 # ALGO LOGIC: action logic
                 with torch.no_grad():
                     action, logprob, logits, next_lstm_state, phi_lstm_state = mixed_action(
-                        actor, phi, fictitious, next_rgb, next_vector, next_lstm_state, phi_lstm_state, next_done)
+                        actor, phi, fictitious, next_rgb, next_vector, next_lstm_state, phi_lstm_state, next_done
+                    )
                 actions[step] = action
                 logprobs[step] = logprob
                 theta_logits[step] = logits
@@ -736,8 +805,9 @@ if __name__ == "__main__":
             # bootstrap value if not done; the critic learns normalised values (ValueNorm)
             with torch.no_grad():
                 next_value = value_norm.denormalize(critic.get_value(next_world, next_rgb, next_vector))
-                advantages, returns = compute_gae(rewards, value_norm.denormalize(values), dones,
-                                                  next_value, next_done, args.gamma, args.gae_lambda)
+                advantages, returns = compute_gae(
+                    rewards, value_norm.denormalize(values), dones, next_value, next_done, args.gamma, args.gae_lambda
+                )
                 value_norm.update(returns[:, trained])
 
             timer.mark("other")
@@ -750,20 +820,29 @@ if __name__ == "__main__":
                 np.random.shuffle(env_inds)
                 for start in range(0, args.num_envs, envs_per_minibatch):
                     mb_envs = env_inds[start : start + envs_per_minibatch]
-                    mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(device)
+                    mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(
+                        device
+                    )
                     mb_rgb, mb_vector = obs_rgb[:, mb_rows].flatten(0, 1), obs_vector[:, mb_rows].flatten(0, 1)
 
                     _, newlogprob, entropy, _, _ = actor.get_action(
-                        mb_rgb, mb_vector,
+                        mb_rgb,
+                        mb_vector,
                         (initial_lstm_state[0][:, mb_rows], initial_lstm_state[1][:, mb_rows]),
                         dones[:, mb_rows].flatten(),
                         actions[:, mb_rows].flatten(),
                     )
                     newvalue = critic.get_value(obs_world[:, mb_envs].flatten(0, 1), mb_rgb, mb_vector)
                     loss, stats = ppo_loss(
-                        newlogprob, entropy, newvalue, logprobs[:, mb_rows].flatten(), advantages[:, mb_rows].flatten(),
-                        values[:, mb_rows].flatten(), value_norm.normalize(returns[:, mb_rows].flatten()),
-                        trained[mb_rows].repeat(args.num_steps), args,
+                        newlogprob,
+                        entropy,
+                        newvalue,
+                        logprobs[:, mb_rows].flatten(),
+                        advantages[:, mb_rows].flatten(),
+                        values[:, mb_rows].flatten(),
+                        value_norm.normalize(returns[:, mb_rows].flatten()),
+                        trained[mb_rows].repeat(args.num_steps),
+                        args,
                     )
                     clipfracs.append(stats["clipfrac"].item())
 
@@ -791,11 +870,22 @@ if __name__ == "__main__":
                 writer.add_scalar("distill/kl_before", kl_before, global_step)
                 writer.add_scalar("distill/kl_after", phase["kl"], global_step)
                 writer.add_scalar(f"distill/kl_after_{direction}", phase["kl"], global_step)
-                for key in ["phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
-                            "phi_logp_ratio_pooled", "phi_input_dependence", "theta_input_dependence"]:
+                for key in [
+                    "phi_entropy",
+                    "theta_entropy",
+                    "phi_logp_std",
+                    "theta_logp_std",
+                    "phi_logp_ratio",
+                    "phi_logp_ratio_pooled",
+                    "phi_input_dependence",
+                    "theta_input_dependence",
+                ]:
                     writer.add_scalar(f"distill/{key}", phase[key], global_step)
-                print(f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
-                      f"{describe_phase(phase)}", flush=True)
+                print(
+                    f"distill {direction} at iter {iteration}: KL(hist || phi) {kl_before:.3f} -> {phase['kl']:.3f} | "
+                    f"{describe_phase(phase)}",
+                    flush=True,
+                )
 
             timer.mark("distill")
             y_pred = values[:, trained].flatten().cpu().numpy()
@@ -823,9 +913,12 @@ if __name__ == "__main__":
                 eta = (args.num_iterations * args.num_envs * args.num_steps - global_step) / max(sps, 1)
                 mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
                 all_return = f"{np.mean(recent_all_returns):.2f}" if recent_all_returns else "-"
-                print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
-                      f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (all slots {all_return}) | "
-                      f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
+                print(
+                    f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
+                    f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (all slots {all_return}) | "
+                    f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}",
+                    flush=True,
+                )
             if args.snapshot_every and iteration % args.snapshot_every == 0:
                 utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
                 utils.save_snapshot(run_dir, "phi", iteration, global_step, phi, last_phase=last_phase)
@@ -833,8 +926,10 @@ if __name__ == "__main__":
                 utils.save_checkpoint(checkpoint_path, state(iteration))
     except KeyboardInterrupt:
         utils.save_checkpoint(checkpoint_path, completed)
-        raise SystemExit(f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
-                         f"progress is redone); continue with --resume {checkpoint_path}")
+        raise SystemExit(
+            f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
+            f"progress is redone); continue with --resume {checkpoint_path}"
+        )
     finally:
         envs.close()
         writer.close()

@@ -100,8 +100,9 @@ class CheckpointPolicy:
                 raise TypeError("its Actor has no policy head (actor.policy)")
         except (RuntimeError, TypeError, ValueError) as e:
             reason = str(e).strip().splitlines()[0][:200]
-            raise SystemExit(f"error: {flag} {path}: its actor does not fit {script}.py's network on "
-                             f"{self.substrate} ({reason})") from None
+            raise SystemExit(
+                f"error: {flag} {path}: its actor does not fit {script}.py's network on {self.substrate} ({reason})"
+            ) from None
         self.actor.to(self.device).eval()
 
     def initial_state(self):
@@ -168,8 +169,10 @@ def resolve_scenarios(names, substrate, checkpoint):
             raise SystemExit(f"error: --scenarios {name!r} is neither a Melting Pot scenario nor a substrate; {hint}")
     for name in resolved:
         if mp.scenario.get_config(name).substrate != substrate:
-            raise SystemExit(f"error: scenario {name} is on substrate {mp.scenario.get_config(name).substrate}, "
-                             f"but --checkpoint {checkpoint} was trained on {substrate}")
+            raise SystemExit(
+                f"error: scenario {name} is on substrate {mp.scenario.get_config(name).substrate}, "
+                f"but --checkpoint {checkpoint} was trained on {substrate}"
+            )
     return list(dict.fromkeys(resolved))
 
 
@@ -187,11 +190,15 @@ def check_bots(scenarios):
     name, model_path = next(iter(needs.items()))
     noop = [s for s in sorted(mp.scenario.SCENARIOS) if not bots(s)]
     if importlib.util.find_spec("tensorflow") is None:
-        raise SystemExit(f"error: scenario {name} has Melting Pot bots, which need TensorFlow: run `make bots` "
-                         f"(scenarios that need none: {', '.join(noop)}; or use --background)")
+        raise SystemExit(
+            f"error: scenario {name} has Melting Pot bots, which need TensorFlow: run `make bots` "
+            f"(scenarios that need none: {', '.join(noop)}; or use --background)"
+        )
     if not os.path.exists(model_path):
-        raise SystemExit(f"error: scenario {name} needs Melting Pot's bot assets, missing at {model_path}: reinstall "
-                         f"on a machine with internet access (make clean && make install), or use --background")
+        raise SystemExit(
+            f"error: scenario {name} needs Melting Pot's bot assets, missing at {model_path}: reinstall "
+            f"on a machine with internet access (make clean && make install), or use --background"
+        )
     return True
 
 
@@ -204,10 +211,17 @@ def custom_factory(mp, target, policies):
 
     substrate = mp.substrate.get_factory(target.substrate)
     roles = mp.substrate.get_config(target.substrate).default_player_roles
-    bots = {name: PolicyFactory(timestep_spec=substrate.timestep_spec(), action_spec=substrate.action_spec(),
-                                builder=lambda policy=policy: policy) for name, policy in policies.items()}
+    bots = {
+        name: PolicyFactory(
+            timestep_spec=substrate.timestep_spec(), action_spec=substrate.action_spec(), builder=lambda policy=policy: policy
+        )
+        for name, policy in policies.items()
+    }
     return ScenarioFactory(
-        substrate=substrate, bots=bots, bots_by_role={role: tuple(bots) for role in set(roles)}, roles=roles,
+        substrate=substrate,
+        bots=bots,
+        bots_by_role={role: tuple(bots) for role in set(roles)},
+        roles=roles,
         is_focal=[slot < target.num_focal for slot in range(len(roles))],
         permitted_observations=mp.scenario.PERMITTED_OBSERVATIONS,
     )
@@ -263,7 +277,8 @@ def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, i
     generator: one left suspended by its caller's exception would keep the pool playing every queued
     episode until the interpreter's exit had waited for them all.)"""
     executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs)
+        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs
+    )
     futures = {}
     try:
         with utils.sigint_ignored():  # submit spawns the workers
@@ -276,8 +291,9 @@ def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, i
                 except concurrent.futures.process.BrokenProcessPool:
                     raise SystemExit(f"error: an evaluation worker died during {label} (out of memory?)") from None
                 except Exception as e:
-                    raise SystemExit(f"error: {label} failed: "
-                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                    raise SystemExit(
+                        f"error: {label} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    ) from None
                 on_result(futures[future], result)
                 progress.update()
     finally:
@@ -306,8 +322,7 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
     else:
         factory = mp.scenario.get_factory(target.name)
     roles = factory.focal_player_roles()
-    population = Population(policies={"focal": focal},
-                            names_by_role={role: ["focal"] for role in roles}, roles=roles)
+    population = Population(policies={"focal": focal}, names_by_role={role: ["focal"] for role in roles}, roles=roles)
     with factory.build() as env:
         if video_path:
             video = VideoSubject(os.path.dirname(video_path), extension="mp4", codec="mp4v")
@@ -330,8 +345,11 @@ def summarise(target, episodes, normalise):
     focal = [e["focal_per_capita_return"] for e in episodes]
     background = [e["background_per_capita_return"] for e in episodes]
     summary = {
-        "scenario": target.name, "substrate": target.substrate, "episodes": len(episodes),
-        "focal_per_capita_return": float(np.mean(focal)), "ci95": confidence_interval(focal),
+        "scenario": target.name,
+        "substrate": target.substrate,
+        "episodes": len(episodes),
+        "focal_per_capita_return": float(np.mean(focal)),
+        "ci95": confidence_interval(focal),
         "background_per_capita_return": float(np.nanmean(background)) if not np.all(np.isnan(background)) else float("nan"),
     }
     if normalise is not None:
@@ -356,8 +374,10 @@ def markdown_table(summaries):
     header = "| scenario | episodes | focal per-capita return | 95% CI | background per-capita return |"
     lines = [header + (" normalised |" if normalised else ""), "|---|---|---|---|---|" + ("---|" if normalised else "")]
     for s in summaries:
-        line = (f"| {s['scenario']} | {s['episodes']} | {s['focal_per_capita_return']:.2f} | ± {s['ci95']:.2f} "
-                f"| {s['background_per_capita_return']:.2f} |")
+        line = (
+            f"| {s['scenario']} | {s['episodes']} | {s['focal_per_capita_return']:.2f} | ± {s['ci95']:.2f} "
+            f"| {s['background_per_capita_return']:.2f} |"
+        )
         lines.append(line + (f" {s['normalised']:.2f} |" if normalised else ""))
     return "\n".join(lines).replace("nan", "-")
 
@@ -392,21 +412,29 @@ if __name__ == "__main__":
                 continue
             background = CheckpointPolicy(path, flag="--background")
             if background.substrate != substrate:
-                raise SystemExit(f"error: --background {path} was trained on {background.substrate}, "
-                                 f"but --checkpoint {args.checkpoint} on {substrate}")
+                raise SystemExit(
+                    f"error: --background {path} was trained on {background.substrate}, "
+                    f"but --checkpoint {args.checkpoint} on {substrate}"
+                )
         num_players = len(mp.substrate.get_config(substrate).default_player_roles)
         if args.num_focal >= num_players:
-            raise SystemExit(f"error: --num-focal {args.num_focal} leaves no background slot; "
-                             f"{substrate} has {num_players} players (valid: 1 to {num_players - 1})")
-        targets.append(Target(f"{substrate}__background_{args.num_focal}_focal", substrate,
-                              tuple(args.background), args.num_focal))
+            raise SystemExit(
+                f"error: --num-focal {args.num_focal} leaves no background slot; "
+                f"{substrate} has {num_players} players (valid: 1 to {num_players - 1})"
+            )
+        targets.append(
+            Target(f"{substrate}__background_{args.num_focal}_focal", substrate, tuple(args.background), args.num_focal)
+        )
     with_tensorflow = check_bots([t.name for t in targets if not t.background])
     if args.video:
         os.makedirs(args.video, exist_ok=True)
 
     num_workers = min(args.num_workers or os.cpu_count() or 1, len(targets) * args.num_episodes)
-    print(f"{args.checkpoint} ({substrate}) as focal population: {len(targets)} scenario(s) x "
-          f"{args.num_episodes} episodes, {num_workers} worker(s)", flush=True)
+    print(
+        f"{args.checkpoint} ({substrate}) as focal population: {len(targets)} scenario(s) x "
+        f"{args.num_episodes} episodes, {num_workers} worker(s)",
+        flush=True,
+    )
     results = {target: {} for target in targets}
     jobs = []
     for target in targets:
@@ -428,8 +456,14 @@ if __name__ == "__main__":
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         pd.DataFrame(summaries).to_csv(f"{args.output}.csv", index=False)
-        report = {"checkpoint": args.checkpoint, "substrate": substrate, "seed": args.seed, "results": [
-            dict(s, episode_results=[results[t][e] for e in range(args.num_episodes)]) for s, t in zip(summaries, targets)]}
+        report = {
+            "checkpoint": args.checkpoint,
+            "substrate": substrate,
+            "seed": args.seed,
+            "results": [
+                dict(s, episode_results=[results[t][e] for e in range(args.num_episodes)]) for s, t in zip(summaries, targets)
+            ],
+        }
         with open(f"{args.output}.json", "w") as f:
             json.dump(report, f, indent=1, default=float)
         print(f"\nwritten: {args.output}.csv, {args.output}.json")

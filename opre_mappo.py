@@ -124,16 +124,17 @@ class Args:
 
 def check_args(args):
     """One-line errors for impossible settings, before any process starts."""
-    positive = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "hidden_size",
-                "num_options"]
+    positive = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "hidden_size", "num_options"]
     for name in positive:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_envs % args.num_minibatches:
         raise SystemExit(f"error: --num-envs {args.num_envs} must be a multiple of --num-minibatches {args.num_minibatches}")
     if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
-                         f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})")
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(--num-envs x --num-steps = {args.num_envs * args.num_steps})"
+        )
     for name in ["num_workers", "max_episode_steps", "torch_threads"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -347,8 +348,12 @@ def rollout_values(critic, world, rgb, vector, calls):
     """The critic's normalised values of a whole rollout, (num_steps, rows), in `calls` batched calls over
     its steps. The critic is feed-forward and does not change during the rollout, so this is what one call
     per step while acting gives (to float rounding), at a fraction of the cost."""
-    return torch.cat([critic.get_value(w.flatten(0, 1), r.flatten(0, 1), v.flatten(0, 1)).view(len(w), -1)
-                      for w, r, v in zip(world.chunk(calls), rgb.chunk(calls), vector.chunk(calls))])
+    return torch.cat(
+        [
+            critic.get_value(w.flatten(0, 1), r.flatten(0, 1), v.flatten(0, 1)).view(len(w), -1)
+            for w, r, v in zip(world.chunk(calls), rgb.chunk(calls), vector.chunk(calls))
+        ]
+    )
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
@@ -399,8 +404,14 @@ def ppo_loss(newlogprob, entropy, newvalue, logprob, advantages, value, target, 
 
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy_loss, "old_approx_kl": old_approx_kl,
-                  "approx_kl": approx_kl, "clipfrac": clipfrac}
+    return loss, {
+        "pg_loss": pg_loss,
+        "v_loss": v_loss,
+        "entropy": entropy_loss,
+        "old_approx_kl": old_approx_kl,
+        "approx_kl": approx_kl,
+        "clipfrac": clipfrac,
+    }
 
 
 # OPRE
@@ -435,9 +446,13 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = utils.load_checkpoint(args.resume) if args.resume else None
     if checkpoint:
-        utils.check_checkpoint(checkpoint, args.resume, SCRIPT, args,
-                               must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps",
-                                           "num_options", "options_input"))
+        utils.check_checkpoint(
+            checkpoint,
+            args.resume,
+            SCRIPT,
+            args,
+            must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "num_options", "options_input"),
+        )
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -456,8 +471,12 @@ if __name__ == "__main__":
     start_iteration = checkpoint["iteration"] + 1 if checkpoint else 1
     print(f"starting {args.num_envs} environments of {args.substrate}", flush=True)
     envs = utils.MeltingPotVecEnv(
-        args.substrate, args.num_envs, seed=args.seed + start_iteration - 1, num_workers=args.num_workers,
-        downsample=args.downsample, max_episode_steps=args.max_episode_steps,
+        args.substrate,
+        args.num_envs,
+        seed=args.seed + start_iteration - 1,
+        num_workers=args.num_workers,
+        downsample=args.downsample,
+        max_episode_steps=args.max_episode_steps,
     )
     next_obs = envs.reset()
     args.num_players = envs.num_players
@@ -487,24 +506,41 @@ if __name__ == "__main__":
             import wandb
         except ImportError:
             raise SystemExit("error: --track needs wandb: .venv/bin/pip install wandb") from None
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            resume="allow",
+            id=run_name,
+        )
     writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint else None)  # drop logs past the checkpoint
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
     )
-    print(f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
-          f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}")
+    print(
+        f"{run_name}: {args.substrate}, {args.num_players} players x {args.num_envs} envs, "
+        f"{args.num_iterations} iterations of {args.num_envs * args.num_steps} env steps, on {device}"
+    )
 
     def state(iteration):
         """What a checkpoint holds, as of the end of `iteration`."""
         return {
-            "algorithm": SCRIPT, "substrate": args.substrate, "args": asdict(args), "run_name": run_name,
-            "iteration": iteration, "global_step": global_step,
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "posterior": posterior.state_dict(),
+            "algorithm": SCRIPT,
+            "substrate": args.substrate,
+            "args": asdict(args),
+            "run_name": run_name,
+            "iteration": iteration,
+            "global_step": global_step,
+            "actor": actor.state_dict(),
+            "critic": critic.state_dict(),
+            "posterior": posterior.state_dict(),
             "value_norm": value_norm.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": utils.rng_state(),
+            "optimizer": optimizer.state_dict(),
+            "rng": utils.rng_state(),
         }
 
     # ALGO Logic: Storage setup, time-major, one column per player row
@@ -543,7 +579,9 @@ if __name__ == "__main__":
 
                 # ALGO LOGIC: action logic
                 with torch.no_grad():
-                    action, logprob, _, _, next_lstm_state = actor.get_action(next_rgb, next_vector, next_lstm_state, next_done)
+                    action, logprob, _, _, next_lstm_state = actor.get_action(
+                        next_rgb, next_vector, next_lstm_state, next_done
+                    )
                 actions[step] = action
                 logprobs[step] = logprob
                 timer.mark("act")
@@ -572,8 +610,9 @@ if __name__ == "__main__":
             # bootstrap value if not done; the critic learns normalised values (ValueNorm)
             with torch.no_grad():
                 next_value = value_norm.denormalize(critic.get_value(next_world, next_rgb, next_vector))
-                advantages, returns = compute_gae(rewards, value_norm.denormalize(values), dones,
-                                                  next_value, next_done, args.gamma, args.gae_lambda)
+                advantages, returns = compute_gae(
+                    rewards, value_norm.denormalize(values), dones, next_value, next_done, args.gamma, args.gae_lambda
+                )
                 value_norm.update(returns)
 
             timer.mark("other")
@@ -586,11 +625,14 @@ if __name__ == "__main__":
                 np.random.shuffle(env_inds)
                 for start in range(0, args.num_envs, envs_per_minibatch):
                     mb_envs = env_inds[start : start + envs_per_minibatch]
-                    mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(device)
+                    mb_rows = torch.tensor((mb_envs[:, None] * args.num_players + np.arange(args.num_players)).ravel()).to(
+                        device
+                    )
                     mb_rgb, mb_vector = obs_rgb[:, mb_rows].flatten(0, 1), obs_vector[:, mb_rows].flatten(0, 1)
 
                     features, _ = actor.get_states(
-                        mb_rgb, mb_vector,
+                        mb_rgb,
+                        mb_vector,
                         (initial_lstm_state[0][:, mb_rows], initial_lstm_state[1][:, mb_rows]),
                         dones[:, mb_rows].flatten(),
                     )
@@ -603,14 +645,26 @@ if __name__ == "__main__":
                     newlogprob, entropy = learner.log_prob(actions[:, mb_rows].flatten()), learner.entropy()
                     newvalue = critic.get_value(mb_world, mb_rgb, mb_vector)
                     loss, stats = ppo_loss(
-                        newlogprob, entropy, newvalue, logprobs[:, mb_rows].flatten(), advantages[:, mb_rows].flatten(),
-                        values[:, mb_rows].flatten(), value_norm.normalize(returns[:, mb_rows].flatten()), args,
+                        newlogprob,
+                        entropy,
+                        newvalue,
+                        logprobs[:, mb_rows].flatten(),
+                        advantages[:, mb_rows].flatten(),
+                        values[:, mb_rows].flatten(),
+                        value_norm.normalize(returns[:, mb_rows].flatten()),
+                        args,
                     )
                     clipfracs.append(stats["clipfrac"].item())
                     options_loss, kl, options_entropy = options_losses(posterior_logits, prior_logits, args)
                     loss = loss + options_loss
-                    option_stats.append([kl.item(), options_entropy.item(), usage_entropy(prior_logits).item(),
-                                         usage_entropy(posterior_logits).item()])
+                    option_stats.append(
+                        [
+                            kl.item(),
+                            options_entropy.item(),
+                            usage_entropy(prior_logits).item(),
+                            usage_entropy(posterior_logits).item(),
+                        ]
+                    )
 
                     optimizer.zero_grad()
                     loss.backward()
@@ -649,17 +703,23 @@ if __name__ == "__main__":
                 last_print = time.time()
                 eta = (args.num_iterations * args.num_envs * args.num_steps - global_step) / max(sps, 1)
                 mean_return = f"{np.mean(recent_returns):.2f}" if recent_returns else "-"
-                print(f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
-                      f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} | "
-                      f"KL(q || p) {kl:.3f} | options in use {np.exp(prior_usage):.1f} | entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}", flush=True)
+                print(
+                    f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
+                    f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} | "
+                    f"KL(q || p) {kl:.3f} | options in use {np.exp(prior_usage):.1f} | "
+                    f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}",
+                    flush=True,
+                )
             if args.snapshot_every and iteration % args.snapshot_every == 0:
                 utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
             if args.checkpoint_every and iteration % args.checkpoint_every == 0:
                 utils.save_checkpoint(checkpoint_path, state(iteration))
     except KeyboardInterrupt:
         utils.save_checkpoint(checkpoint_path, completed)
-        raise SystemExit(f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
-                         f"progress is redone); continue with --resume {checkpoint_path}")
+        raise SystemExit(
+            f"interrupted: checkpoint of iteration {completed['iteration']} saved (the iteration in "
+            f"progress is redone); continue with --resume {checkpoint_path}"
+        )
     finally:
         envs.close()
         writer.close()

@@ -97,8 +97,10 @@ def parse_method(spec):
     module = utils.training_script(script, f"--methods {spec!r} names", root=eval_scenarios.HERE)
     for flag in flags:
         if flag.split("=")[0] in RUNNER_FLAGS:
-            raise SystemExit(f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
-                             f"(use --seeds / --total-timesteps / --substrate)")
+            raise SystemExit(
+                f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
+                f"(use --seeds / --total-timesteps / --substrate)"
+            )
     check_flags(module, script, flags, f"--methods {spec!r}")
     if label is None:
         label = script + "".join(f"_{w.lstrip('-')}" for w in flags)
@@ -138,7 +140,7 @@ class Run:
 
 
 def run_status(run, total_timesteps):
-    """"done" (its final checkpoint has `total_timesteps`), "resume" (a checkpoint short of it) or "new"."""
+    """ "done" (its final checkpoint has `total_timesteps`), "resume" (a checkpoint short of it) or "new"."""
     path = run.checkpoint()
     if path is None:
         return "new"
@@ -150,8 +152,16 @@ def run_status(run, total_timesteps):
 
 def train_command(run, args, status, workers):
     """The training command of `run`: the method's flags after the study's, a resume when it has a checkpoint."""
-    command = [sys.executable, os.path.join(ROOT, f"{run.method.script}.py"), "--seed", str(run.seed),
-               "--substrate", args.substrate, "--total-timesteps", str(args.total_timesteps)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, f"{run.method.script}.py"),
+        "--seed",
+        str(run.seed),
+        "--substrate",
+        args.substrate,
+        "--total-timesteps",
+        str(args.total_timesteps),
+    ]
     flag_names = {f.split("=")[0] for f in shlex.split(args.train_flags) + list(run.method.flags)}
     if "--num-workers" not in flag_names:
         command += ["--num-workers", str(workers)]
@@ -197,8 +207,9 @@ class Progress:
             return ""
         sps = self.events.Scalars("charts/SPS")[-1]
         returns = [e.value for e in self.events.Scalars(RETURN_TAG)[-20:]] if RETURN_TAG in tags else []
-        return (f"step {sps.step:,}/{self.total:,} ({sps.step / self.total:.0%}) | SPS {sps.value:,.0f} | return/player "
-                + (f"{np.mean(returns):.2f}" if returns else "-"))
+        return f"step {sps.step:,}/{self.total:,} ({sps.step / self.total:.0%}) | SPS {sps.value:,.0f} | return/player " + (
+            f"{np.mean(returns):.2f}" if returns else "-"
+        )
 
 
 def train_all(runs, args):
@@ -224,8 +235,11 @@ def train_all(runs, args):
             pending.append((run, status))
     if not pending:
         return
-    print(f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {per_run} torch thread(s) and "
-          f"{per_run} env worker(s) each; logs in {args.out}/<run>/train.log", flush=True)
+    print(
+        f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {per_run} torch thread(s) and "
+        f"{per_run} env worker(s) each; logs in {args.out}/<run>/train.log",
+        flush=True,
+    )
     running, failed, last_print, progress_of = {}, [], 0.0, {}
     try:
         while pending or running:
@@ -237,9 +251,18 @@ def train_all(runs, args):
                 log.write(f"$ {shlex.join(command)}\n")
                 log.flush()
                 # its own session: a Ctrl-C reaches the study alone, which forwards exactly one SIGINT
-                running[run.name] = (run, log, subprocess.Popen(
-                    command, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT, env=thread_env(per_run),
-                    start_new_session=True))
+                running[run.name] = (
+                    run,
+                    log,
+                    subprocess.Popen(
+                        command,
+                        cwd=run.directory,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=thread_env(per_run),
+                        start_new_session=True,
+                    ),
+                )
                 print(f"{run.name}: {'resumed from ' + run.checkpoint() if status == 'resume' else 'started'}", flush=True)
                 progress_of[run.name] = Progress(run, args.total_timesteps)
             time.sleep(1)
@@ -268,8 +291,9 @@ def train_all(runs, args):
             process.wait()
         raise SystemExit("interrupted: checkpoints saved; the same command continues the study") from None
     if failed:
-        raise SystemExit(f"error: {len(failed)} training run(s) failed: "
-                         f"{', '.join(f'{r.name} ({r.directory}/train.log)' for r in failed)}")
+        raise SystemExit(
+            f"error: {len(failed)} training run(s) failed: {', '.join(f'{r.name} ({r.directory}/train.log)' for r in failed)}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,16 +335,24 @@ def run_scalars(run_dir, tags=None):
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
     found = set(events.Tags()["scalars"])
-    return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag)]).reshape(-1, 2).T
-            for tag in (sorted(found) if tags is None else tags) if tag in found}
+    return {
+        tag: np.array([(e.step, e.value) for e in events.Scalars(tag)]).reshape(-1, 2).T
+        for tag in (sorted(found) if tags is None else tags)
+        if tag in found
+    }
 
 
 def mean_and_range(values):
     """'mean' of one value, 'mean (min to max)' of several, '-' of none (nan dropped)."""
     values = np.array(values, dtype=float)
     values = values[~np.isnan(values)]
-    return ("-" if not len(values) else f"{values.mean():.2f}" if len(values) == 1 else
-            f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})")
+    return (
+        "-"
+        if not len(values)
+        else f"{values.mean():.2f}"
+        if len(values) == 1
+        else f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})"
+    )
 
 
 def training_summary(runs, results=None):
@@ -343,15 +375,26 @@ def training_summary(runs, results=None):
     if not per_method:
         return ""
     lines = [f"| method | seeds | {RETURN_COLUMN} |", "|---|---|---|"]
-    lines += [f"| {method} | {len(rows)} | {mean_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
-              for method, rows in per_method.items()]
-    own = ["", f"each method's own scalars (TensorBoard namespaces other than {', '.join(n + '/' for n in SHARED_NAMESPACES)}): "
-           "mean over seeds (range) of each run's mean over its last 10% of env steps, minimum and final value", "",
-           "| method | scalar | " + " | ".join(OWN_STATISTICS) + " |", "|---|---|" + "---|" * len(OWN_STATISTICS)]
+    lines += [
+        f"| {method} | {len(rows)} | {mean_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
+        for method, rows in per_method.items()
+    ]
+    own = [
+        "",
+        f"each method's own scalars (TensorBoard namespaces other than {', '.join(n + '/' for n in SHARED_NAMESPACES)}): "
+        "mean over seeds (range) of each run's mean over its last 10% of env steps, minimum and final value",
+        "",
+        "| method | scalar | " + " | ".join(OWN_STATISTICS) + " |",
+        "|---|---|" + "---|" * len(OWN_STATISTICS),
+    ]
     for method, rows in per_method.items():
         tags = sorted({k.rsplit(" (", 1)[0] for row in rows for k in row if k != RETURN_COLUMN and k.endswith(")")})
-        own += [f"| {method} | {tag} | " + " | ".join(mean_and_range([row.get(f"{tag} ({name})", np.nan) for row in rows])
-                                                     for name in OWN_STATISTICS) + " |" for tag in tags]
+        own += [
+            f"| {method} | {tag} | "
+            + " | ".join(mean_and_range([row.get(f"{tag} ({name})", np.nan) for row in rows]) for name in OWN_STATISTICS)
+            + " |"
+            for tag in tags
+        ]
     return "\n".join(lines + (own if len(own) > 5 else []))
 
 
@@ -385,8 +428,10 @@ def learning_curves(runs, results, total, path, title, points=10):
         return ""
     edges = np.linspace(0, total, points + 1)  # tenths of --total-timesteps
     label = lambda x: f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}K"  # noqa: E731
-    lines = ["| method | seeds | " + " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:])) + " |",
-             "|" + "---|" * (points + 2)]
+    lines = [
+        "| method | seeds | " + " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:])) + " |",
+        "|" + "---|" * (points + 2),
+    ]
     fig, ax = plt.subplots(figsize=(7, 4))
     for m, (method, runs_curves) in enumerate(curves.items()):
         per_seed = []
@@ -399,8 +444,14 @@ def learning_curves(runs, results, total, path, title, points=10):
                 per_seed.append(np.bincount(which, counts * values, points) / np.bincount(which, counts, points))
             ax.plot(curve.step_end, curve[RETURN_TAG], color=f"C{m}", alpha=0.3, linewidth=0.8)
         per_seed = np.array(per_seed)
-        cells = ["-" if np.isnan(c).all() else f"{np.nanmean(c):.2f}" if len(c) == 1 else
-                 f"{np.nanmean(c):.2f} ({np.nanmin(c):.2f}-{np.nanmax(c):.2f})" for c in per_seed.T]
+        cells = [
+            "-"
+            if np.isnan(c).all()
+            else f"{np.nanmean(c):.2f}"
+            if len(c) == 1
+            else f"{np.nanmean(c):.2f} ({np.nanmin(c):.2f}-{np.nanmax(c):.2f})"
+            for c in per_seed.T
+        ]
         lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
         with np.errstate(invalid="ignore"):
             mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
@@ -457,14 +508,23 @@ def export_run(run, args):
     out = f"{args.results}/runs/{run.name}"
     checkpoint = export_population(run.checkpoint(), f"{out}/population.pt")
     scalars = run_scalars(os.path.dirname(run.checkpoint()))
-    utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars, checkpoint["global_step"]).to_csv(f, index=False))
+    utils.write_atomically(
+        f"{out}/training.csv", "w", lambda f: binned_curves(scalars, checkpoint["global_step"]).to_csv(f, index=False)
+    )
     with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
         commands = [line[2:].strip() for line in f if line.startswith("$ ")]
     row = training_row(scalars)
-    utils.save_json(f"{out}/summary.json", {
-        "name": run.name, "method": run.method.label, "seed": run.seed, "global_step": checkpoint["global_step"],
-        "commands": list(dict.fromkeys(portable(command) for command in commands)),
-        "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}})
+    utils.save_json(
+        f"{out}/summary.json",
+        {
+            "name": run.name,
+            "method": run.method.label,
+            "seed": run.seed,
+            "global_step": checkpoint["global_step"],
+            "commands": list(dict.fromkeys(portable(command) for command in commands)),
+            "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()},
+        },
+    )
     print(f"{run.name}: exported to {out}/", flush=True)
 
 
@@ -473,7 +533,7 @@ def portable(command):
     the same run, whose checkpoint path is this machine's, is the same command)."""
     words = shlex.split(command)
     if "--resume" in words:
-        del words[words.index("--resume"): words.index("--resume") + 2]
+        del words[words.index("--resume") : words.index("--resume") + 2]
     words = ["python" if i == 0 else os.path.basename(w) if w.endswith(".py") else w for i, w in enumerate(words)]
     return shlex.join(words)
 
@@ -484,8 +544,9 @@ def export_population(path, to):
     the checkpoint holds (a state dict with the same keys: BiDist's `phi`); critics, optimisers, pools and
     memories stay out."""
     checkpoint = utils.load_checkpoint(path, "population")
-    population = {k: checkpoint[k] for k in ("algorithm", "substrate", "args", "run_name", "iteration", "global_step")
-                  if k in checkpoint}
+    population = {
+        k: checkpoint[k] for k in ("algorithm", "substrate", "args", "run_name", "iteration", "global_step") if k in checkpoint
+    }
     for network, weights in checkpoint.items():
         if isinstance(weights, dict) and weights.keys() == checkpoint["actor"].keys():
             population[network] = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -503,8 +564,16 @@ def identity(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-EPISODE_COLUMNS = ["focal", "background", "episode", "focal_per_capita_return", "focal_id", "background_ids", "seed",
-                   "num_focal"]
+EPISODE_COLUMNS = [
+    "focal",
+    "background",
+    "episode",
+    "focal_per_capita_return",
+    "focal_id",
+    "background_ids",
+    "seed",
+    "num_focal",
+]
 
 
 def committed_episodes(results):
@@ -517,8 +586,12 @@ def committed_episodes(results):
     pairs = {}
     for (focal, background), rows in pd.read_csv(path, keep_default_na=False).groupby(["focal", "background"], sort=False):
         first = rows.iloc[0]
-        key = {"focal": [focal, first.focal_id], "background": [background, first.background_ids.split("|")],
-               "seed": int(first.seed), "num_focal": int(first.num_focal)}
+        key = {
+            "focal": [focal, first.focal_id],
+            "background": [background, first.background_ids.split("|")],
+            "seed": int(first.seed),
+            "num_focal": int(first.num_focal),
+        }
         pairs[focal, background] = key, rows.sort_values("episode").focal_per_capita_return.tolist()
     return pairs
 
@@ -531,16 +604,34 @@ def write_committed_episodes(results, keys, episodes):
     for pair, (key, values) in committed_episodes(results).items():
         if pair not in episodes:
             keys, episodes = {**keys, pair: key}, {**episodes, pair: values}
-    rows = [{"focal": pair[0], "background": pair[1], "episode": i, "focal_per_capita_return": value,
-             "focal_id": keys[pair]["focal"][1], "background_ids": "|".join(keys[pair]["background"][1]),
-             "seed": keys[pair]["seed"], "num_focal": keys[pair]["num_focal"]}
-            for pair, values in episodes.items() for i, value in enumerate(values)]
+    rows = [
+        {
+            "focal": pair[0],
+            "background": pair[1],
+            "episode": i,
+            "focal_per_capita_return": value,
+            "focal_id": keys[pair]["focal"][1],
+            "background_ids": "|".join(keys[pair]["background"][1]),
+            "seed": keys[pair]["seed"],
+            "num_focal": keys[pair]["num_focal"],
+        }
+        for pair, values in episodes.items()
+        for i, value in enumerate(values)
+    ]
     table = pd.DataFrame(rows, columns=EPISODE_COLUMNS)
     utils.write_atomically(f"{results}/crossplay_episodes.csv", "w", lambda f: table.to_csv(f, index=False))
 
 
-RESULT_FILES = ["results.md", "training.md", "learning_curves.png", "crossplay.csv", "crossplay_heatmap.png", "methods.png",
-                "policy_space.csv", "policy_space.png"]
+RESULT_FILES = [
+    "results.md",
+    "training.md",
+    "learning_curves.png",
+    "crossplay.csv",
+    "crossplay_heatmap.png",
+    "methods.png",
+    "policy_space.csv",
+    "policy_space.png",
+]
 
 
 def export_study(args):
@@ -557,8 +648,10 @@ def check_record(args):
         with open(record) as f:
             saved = json.load(f)
         if saved["args"]["substrate"] != args.substrate:
-            raise SystemExit(f"error: --results {args.results} holds a study on {saved['args']['substrate']}, not "
-                             f"{args.substrate}; use another --results")
+            raise SystemExit(
+                f"error: --results {args.results} holds a study on {saved['args']['substrate']}, not "
+                f"{args.substrate}; use another --results"
+            )
 
 
 def record_study(args, external):
@@ -567,8 +660,14 @@ def record_study(args, external):
     not before training, so that a folder committed while a longer call trains still regenerates its tables."""
     flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results", "train_only")}
     command = shlex.join(["python", "study.py", *sys.argv[1:]])
-    utils.save_json(f"{args.results}/study.json", {
-        "command": command, "args": flags, "external": [{"method": p.method, "seed": p.seed, "name": p.name} for p in external]})
+    utils.save_json(
+        f"{args.results}/study.json",
+        {
+            "command": command,
+            "args": flags,
+            "external": [{"method": p.method, "seed": p.seed, "name": p.name} for p in external],
+        },
+    )
 
 
 def args_from_results(results):
@@ -581,8 +680,13 @@ def args_from_results(results):
     with open(f"{results}/study.json") as f:
         external = json.load(f).get("external", [])
     runs = [f"{r['method']}={results}/runs/{r['name']}/population.pt" for r in external]
-    return Args(**{k: v for k, v in saved.items() if k in known}, runs=runs, out=tempfile.mkdtemp(prefix="study_"),
-                results=results, from_results=results)
+    return Args(
+        **{k: v for k, v in saved.items() if k in known},
+        runs=runs,
+        out=tempfile.mkdtemp(prefix="study_"),
+        results=results,
+        from_results=results,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,9 +732,17 @@ def untrained_checkpoints(out, substrate, like, count):
             _, sizes = utils.actor_sizes(substrate, saved["downsample"])
             torch.manual_seed(seed)
             actor = module.Actor(sizes, SimpleNamespace(**saved))
-            utils.save_checkpoint(path, {
-                "algorithm": checkpoint["algorithm"], "substrate": substrate, "iteration": 0, "global_step": 0,
-                "actor": actor.state_dict(), "args": {**checkpoint["args"], "exp_name": UNTRAINED, "seed": seed}})
+            utils.save_checkpoint(
+                path,
+                {
+                    "algorithm": checkpoint["algorithm"],
+                    "substrate": substrate,
+                    "iteration": 0,
+                    "global_step": 0,
+                    "actor": actor.state_dict(),
+                    "args": {**checkpoint["args"], "exp_name": UNTRAINED, "seed": seed},
+                },
+            )
         paths.append(path)
     return paths
 
@@ -663,9 +775,12 @@ def crossplay(populations, backgrounds, args):
     for focal in populations:
         for name, paths in backgrounds.items():
             cache = f"{args.out}/crossplay/{focal.name}__vs__{name}.json"
-            key = keys[focal.name, name] = {"focal": [focal.name, identified(focal.checkpoint)],
-                                            "background": [name, [identified(p) for p in paths]],
-                                            "seed": args.seed, "num_focal": args.num_focal}
+            key = keys[focal.name, name] = {
+                "focal": [focal.name, identified(focal.checkpoint)],
+                "background": [name, [identified(p) for p in paths]],
+                "seed": args.seed,
+                "num_focal": args.num_focal,
+            }
             found = [committed[focal.name, name]] if (focal.name, name) in committed else []
             if os.path.exists(cache):
                 with open(cache) as f:
@@ -678,17 +793,21 @@ def crossplay(populations, backgrounds, args):
             target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)
             todo.append((focal, name, key, cache, target))
     if todo and getattr(args, "from_results", None):
-        raise SystemExit(f"error: --from-results {args.from_results}: {len(todo)} (focal, background) pair(s) have no "
-                         f"committed episodes (first: {todo[0][0].name} vs {todo[0][1]}); run the study's command "
-                         f"(study.json) with --results {args.from_results} to play them")
+        raise SystemExit(
+            f"error: --from-results {args.from_results}: {len(todo)} (focal, background) pair(s) have no "
+            f"committed episodes (first: {todo[0][0].name} vs {todo[0][1]}); run the study's command "
+            f"(study.json) with --results {args.from_results} to play them"
+        )
     if not todo:
         if getattr(args, "results", None):
             write_committed_episodes(args.results, keys, results)
         return results
     os.makedirs(f"{args.out}/crossplay", exist_ok=True)
     num_workers = args.num_workers or os.cpu_count() or 1
-    print(f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
-          f"{num_workers} worker(s)", flush=True)
+    print(
+        f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, {num_workers} worker(s)",
+        flush=True,
+    )
     jobs, episodes = [], {}
     for focal, name, key, cache, target in todo:
         episodes[focal.name, name] = [None] * args.num_episodes
@@ -783,13 +902,22 @@ def statistics(populations, results, args):
             entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng))
         if len(methods) > 1:  # held-out beside each method's runs alone (its own method: its other seeds)
             entry["held_out_by_method"] = {
-                other: summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng,
-                                        columns=[i for i, p in enumerate(populations) if p.method == other])["held_out"]
-                for other in methods if other != method or len(rows) > 1}
+                other: summarise_method(
+                    episodes,
+                    rows,
+                    np.arange(len(names)),
+                    args.bootstrap_samples,
+                    rng,
+                    columns=[i for i, p in enumerate(populations) if p.method == other],
+                )["held_out"]
+                for other in methods
+                if other != method or len(rows) > 1
+            }
         for reference in (RANDOM, UNTRAINED):
             if (names[rows[0]], reference) in results:
-                entry[reference] = summarise_reference([results[names[r], reference] for r in rows],
-                                                       args.bootstrap_samples, rng)
+                entry[reference] = summarise_reference(
+                    [results[names[r], reference] for r in rows], args.bootstrap_samples, rng
+                )
         if args.reference and "held_out" in entry:
             low, high = args.reference
             entry["held_out_normalised"] = tuple((v - low) / (high - low) for v in entry["held_out"])
@@ -807,12 +935,26 @@ def interval(value):
 
 def markdown_table(summary, args):
     normalised = args.reference is not None
-    header = ["method", "focal seeds", "self-play", "held-out (never met)", "gap (self-play - held-out)",
-              "vs uniform random", "vs untrained"] + (["held-out, normalised"] if normalised else [])
+    header = [
+        "method",
+        "focal seeds",
+        "self-play",
+        "held-out (never met)",
+        "gap (self-play - held-out)",
+        "vs uniform random",
+        "vs untrained",
+    ] + (["held-out, normalised"] if normalised else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, s in summary.items():
-        cells = [method, str(s["focal_seeds"]), interval(s.get("self_play")), interval(s.get("held_out")),
-                 interval(s.get("gap")), interval(s.get(RANDOM)), interval(s.get(UNTRAINED))]
+        cells = [
+            method,
+            str(s["focal_seeds"]),
+            interval(s.get("self_play")),
+            interval(s.get("held_out")),
+            interval(s.get("gap")),
+            interval(s.get(RANDOM)),
+            interval(s.get(UNTRAINED)),
+        ]
         if normalised:
             cells.append(interval(s.get("held_out_normalised")))
         lines.append("| " + " | ".join(cells) + " |")
@@ -834,15 +976,22 @@ def markdown_by_population(populations, results):
     (every episode of those pairs pooled), and beside each reference, each +- the half-width of a 95%
     Student-t interval over the episodes: which seeds learned, and whose held-out returns differ."""
     names = [p.name for p in populations]
-    columns = [("self-play", lambda f, b: b == f), ("held-out (never met)", lambda f, b: b in names and b != f),
-               ("vs uniform random", lambda f, b: b == RANDOM), ("vs untrained", lambda f, b: b == UNTRAINED)]
+    columns = [
+        ("self-play", lambda f, b: b == f),
+        ("held-out (never met)", lambda f, b: b in names and b != f),
+        ("vs uniform random", lambda f, b: b == RANDOM),
+        ("vs untrained", lambda f, b: b == UNTRAINED),
+    ]
     lines = ["| population | " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for focal in names:
         cells = []
         for _, wanted in columns:
             episodes = [r for (f, b), returns in results.items() if f == focal and wanted(f, b) for r in returns]
-            cells.append("-" if not episodes else f"{np.mean(episodes):.2f} ± "
-                         f"{eval_scenarios.confidence_interval(episodes):.2f} ({len(episodes)})")
+            cells.append(
+                "-"
+                if not episodes
+                else f"{np.mean(episodes):.2f} ± {eval_scenarios.confidence_interval(episodes):.2f} ({len(episodes)})"
+            )
         lines.append(f"| {focal} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -855,31 +1004,56 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
     table = markdown_table(summary, args)
     names = [p.name for p in populations]
     with open(f"{args.out}/results.md", "w") as f:
-        f.write(f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
-                f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
-                f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n{table}\n")
+        f.write(
+            f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
+            f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
+            f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n{table}\n"
+        )
         if len(summary) > 1:
-            f.write(f"\n## Held-out by background method\n\nThe focal method's return beside one method's "
-                    f"runs alone (beside its own method: its other seeds, never its own run)\n\n"
-                    f"{markdown_by_method(summary)}\n")
-        f.write(f"\n## Per population\n\nmean ± half-width of a 95% t-interval over the episodes (episodes)\n\n"
-                f"{markdown_by_population(populations, results)}\n")
+            f.write(
+                f"\n## Held-out by background method\n\nThe focal method's return beside one method's "
+                f"runs alone (beside its own method: its other seeds, never its own run)\n\n"
+                f"{markdown_by_method(summary)}\n"
+            )
+        f.write(
+            f"\n## Per population\n\nmean ± half-width of a 95% t-interval over the episodes (episodes)\n\n"
+            f"{markdown_by_population(populations, results)}\n"
+        )
     rows = []
     for focal in populations:
         for name in backgrounds:
             if (focal.name, name) in results:
                 returns = results[focal.name, name]
-                rows.append({"focal": focal.name, "focal_method": focal.method, "focal_seed": focal.seed,
-                             "background": name, "relation": "self-play" if name == focal.name else
-                             "reference" if name in (RANDOM, UNTRAINED) else "held-out",
-                             "episodes": len(returns), "focal_per_capita_return": float(np.mean(returns)),
-                             "std": float(np.std(returns, ddof=1)) if len(returns) > 1 else float("nan")})
+                rows.append(
+                    {
+                        "focal": focal.name,
+                        "focal_method": focal.method,
+                        "focal_seed": focal.seed,
+                        "background": name,
+                        "relation": "self-play"
+                        if name == focal.name
+                        else "reference"
+                        if name in (RANDOM, UNTRAINED)
+                        else "held-out",
+                        "episodes": len(returns),
+                        "focal_per_capita_return": float(np.mean(returns)),
+                        "std": float(np.std(returns, ddof=1)) if len(returns) > 1 else float("nan"),
+                    }
+                )
     pd.DataFrame(rows).to_csv(f"{args.out}/crossplay.csv", index=False)
-    utils.save_json(f"{args.out}/crossplay.json", {
-        "substrate": args.substrate, "num_episodes": args.num_episodes, "num_focal": args.num_focal, "seed": args.seed,
-        "populations": [asdict(p) for p in populations], "matrix": {"focal": names, "background": names,
-                                                                    "mean_focal_return": matrix.tolist()},
-        "summary": summary, "episodes": [dict(r, returns=results[r["focal"], r["background"]]) for r in rows]})
+    utils.save_json(
+        f"{args.out}/crossplay.json",
+        {
+            "substrate": args.substrate,
+            "num_episodes": args.num_episodes,
+            "num_focal": args.num_focal,
+            "seed": args.seed,
+            "populations": [asdict(p) for p in populations],
+            "matrix": {"focal": names, "background": names, "mean_focal_return": matrix.tolist()},
+            "summary": summary,
+            "episodes": [dict(r, returns=results[r["focal"], r["background"]]) for r in rows],
+        },
+    )
     plot_heatmap(populations, backgrounds, results, f"{args.out}/crossplay_heatmap.png", args.substrate)
     plot_methods(summary, f"{args.out}/methods.png", args.substrate)
     return table
@@ -898,8 +1072,15 @@ def plot_heatmap(populations, backgrounds, results, path, title):
     image = ax.imshow(values, cmap="viridis")
     for i, p in enumerate(populations):
         for j, c in enumerate(columns):
-            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if values[i, j] > values.mean() else "white")
+            ax.text(
+                j,
+                i,
+                f"{values[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if values[i, j] > values.mean() else "white",
+            )
             if c == p.name:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
@@ -922,8 +1103,12 @@ def plot_methods(summary, path, title):
 
     methods = list(summary)
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(methods), 3.5))
-    kinds = [("held_out", "held-out (never met)"), ("self_play", "self-play"), (RANDOM, "vs uniform random"),
-             (UNTRAINED, "vs untrained")]
+    kinds = [
+        ("held_out", "held-out (never met)"),
+        ("self_play", "self-play"),
+        (RANDOM, "vs uniform random"),
+        (UNTRAINED, "vs untrained"),
+    ]
     width = 0.8 / len(kinds)
     for k, (key, label) in enumerate(kinds):
         x = [i + (k - (len(kinds) - 1) / 2) * width for i, m in enumerate(methods) if key in summary[m]]
@@ -939,7 +1124,6 @@ def plot_methods(summary, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1006,29 +1190,44 @@ def policy_space(populations, args, snapshot_dirs=None):
         snapshots = sorted(glob.glob(f"{run_dir or os.path.dirname(population.checkpoint)}/snapshots/*.pt"))
         for path in snapshots + [population.checkpoint]:
             snapshot = utils.read_file(path, "snapshot")
-            if path != population.checkpoint and snapshot["iteration"] == checkpoint["iteration"] and \
-                    snapshot["population"] == "theta":
+            if (
+                path != population.checkpoint
+                and snapshot["iteration"] == checkpoint["iteration"]
+                and snapshot["population"] == "theta"
+            ):
                 continue  # the final theta is the checkpoint's
             policy.actor.load_state_dict(snapshot["actor"])
             final = path == population.checkpoint
-            points.append({"method": population.method, "seed": population.seed,
-                           "population": "theta" if final else snapshot["population"],
-                           "iteration": snapshot["iteration"], "fraction": snapshot["iteration"] /
-                           max(1, checkpoint["args"]["num_iterations"]), "final": final,
-                           "last_phase": snapshot.get("last_phase")})
+            points.append(
+                {
+                    "method": population.method,
+                    "seed": population.seed,
+                    "population": "theta" if final else snapshot["population"],
+                    "iteration": snapshot["iteration"],
+                    "fraction": snapshot["iteration"] / max(1, checkpoint["args"]["num_iterations"]),
+                    "final": final,
+                    "last_phase": snapshot.get("last_phase"),
+                }
+            )
             features.append(np.round(action_distributions(policy.actor, probe) * 255).astype(np.uint8))
         if exported and run_dir:
             os.makedirs(os.path.dirname(exported), exist_ok=True)
-            utils.write_atomically(exported, "wb", lambda f: np.savez_compressed(
-                f, probe=probe_key, points=json.dumps(points[first_point:]), features=np.stack(features[first_point:])))
+            utils.write_atomically(
+                exported,
+                "wb",
+                lambda f: np.savez_compressed(
+                    f, probe=probe_key, points=json.dumps(points[first_point:]), features=np.stack(features[first_point:])
+                ),
+            )
     if len(points) < 4:
         print("policy space: fewer than 4 snapshots, no picture")
         return
     features = np.stack(features).astype(np.float32) / 255
     init = "pca" if features.std(0).sum() > 0 else "random"  # PCA of identical rows (untrained runs) divides by 0
     embedding = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init=init, random_state=args.seed).fit_transform(features)
-    table = pd.DataFrame(points).assign(x=embedding[:, 0], y=embedding[:, 1],
-                                        probe_observations=probe[0].shape[0] * probe[0].shape[1])
+    table = pd.DataFrame(points).assign(
+        x=embedding[:, 0], y=embedding[:, 1], probe_observations=probe[0].shape[0] * probe[0].shape[1]
+    )
     table.to_csv(f"{args.out}/policy_space.csv", index=False)
     plot_policy_space(table, f"{args.out}/policy_space.png", args.substrate)
 
@@ -1049,13 +1248,17 @@ def plot_policy_space(table, path, title):
             run = run.sort_values("iteration")
             ax.plot(run["x"], run["y"], color=colour, alpha=0.25, linewidth=0.8)
         snaps = rows[~rows["final"]]
-        ax.scatter(snaps["x"], snaps["y"], s=10 + 50 * snaps["fraction"], color=colour, alpha=0.7,
-                   label=f"{method} {population}")
+        ax.scatter(
+            snaps["x"], snaps["y"], s=10 + 50 * snaps["fraction"], color=colour, alpha=0.7, label=f"{method} {population}"
+        )
         finals = rows[rows["final"]]
         ax.scatter(finals["x"], finals["y"], s=200, marker="*", color=colour, edgecolor="black", linewidth=0.8)
-    ax.set_title(f"{title}: policy space (t-SNE of action distributions on {table['probe_observations'].iloc[0]} "
-                 f"probe observations)\nlarger = later in training, lines = theta's path, stars = final trained "
-                 f"populations", fontsize=8)
+    ax.set_title(
+        f"{title}: policy space (t-SNE of action distributions on {table['probe_observations'].iloc[0]} "
+        f"probe observations)\nlarger = later in training, lines = theta's path, stars = final trained "
+        f"populations",
+        fontsize=8,
+    )
     ax.set_xticks([]), ax.set_yticks([])
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -1080,26 +1283,43 @@ def check_study(args):
     methods = [parse_method(m) for m in args.methods]
     for flag in shlex.split(args.train_flags):
         if flag.split("=")[0] in RUNNER_FLAGS:
-            raise SystemExit(f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
-                             f"(use --seeds / --total-timesteps / --substrate)")
+            raise SystemExit(
+                f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
+                f"(use --seeds / --total-timesteps / --substrate)"
+            )
     for method in methods:
-        check_flags(utils.training_script(method.script, "--methods names", root=eval_scenarios.HERE), method.script,
-                    shlex.split(args.train_flags), "--train-flags")
+        check_flags(
+            utils.training_script(method.script, "--methods names", root=eval_scenarios.HERE),
+            method.script,
+            shlex.split(args.train_flags),
+            "--train-flags",
+        )
     labels = [m.label for m in methods]
     if len(set(labels)) < len(labels):
-        raise SystemExit(f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "
-                         f"name them apart with label=script ...")
+        raise SystemExit(
+            f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "
+            f"name them apart with label=script ..."
+        )
     os.makedirs(args.out, exist_ok=True)
     record = f"{args.out}/study.json"
     if os.path.exists(record):
         with open(record) as f:
             saved = json.load(f)
         if saved["substrate"] != args.substrate:
-            raise SystemExit(f"error: --out {args.out} holds a study on {saved['substrate']}, not {args.substrate}; "
-                             f"use another --out")
+            raise SystemExit(
+                f"error: --out {args.out} holds a study on {saved['substrate']}, not {args.substrate}; use another --out"
+            )
     with open(record, "w") as f:
-        json.dump({"substrate": args.substrate, "methods": args.methods, "seeds": args.seeds,
-                   "total_timesteps": args.total_timesteps}, f, indent=1)
+        json.dump(
+            {
+                "substrate": args.substrate,
+                "methods": args.methods,
+                "seeds": args.seeds,
+                "total_timesteps": args.total_timesteps,
+            },
+            f,
+            indent=1,
+        )
     return methods
 
 
@@ -1117,8 +1337,10 @@ if __name__ == "__main__":
     if args.from_results:
         missing = [run.name for run in runs if not exported_population(run, args)]
         if missing:
-            raise SystemExit(f"error: --from-results {args.results}: {len(missing)} run(s) not exported there "
-                             f"({', '.join(missing)}); run the study's command (study.json) to train them")
+            raise SystemExit(
+                f"error: --from-results {args.results}: {len(missing)} run(s) not exported there "
+                f"({', '.join(missing)}); run the study's command (study.json) to train them"
+            )
     else:
         train_all(runs, args)
     training = training_summary(runs, args.results)
@@ -1127,8 +1349,10 @@ if __name__ == "__main__":
         with open(f"{args.out}/training.md", "w") as f:
             f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
             if curves:
-                f.write(f"\n## Learning curves\n\nthe trained slots' return per player over each tenth of training, "
-                        f"mean over seeds (range); learning_curves.png\n\n{curves}\n")
+                f.write(
+                    f"\n## Learning curves\n\nthe trained slots' return per player over each tenth of training, "
+                    f"mean over seeds (range); learning_curves.png\n\n{curves}\n"
+                )
         print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n\n{curves}\n")
     if args.train_only:
         if args.results:
@@ -1144,10 +1368,9 @@ if __name__ == "__main__":
             raise SystemExit(f"error: --runs {p.checkpoint} was trained on {substrate}, not --substrate {args.substrate}")
     names = [p.name for p in populations]
     if len(set(names)) < len(names):
-        raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; "
-                         f"label --runs apart with label=path")
+        raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")
     if args.results and not args.from_results and args.runs:  # populations trained elsewhere are exported too
-        external = populations[len(runs):]
+        external = populations[len(runs) :]
         for i, p in enumerate(external):
             to = f"{args.results}/runs/{p.name}/population.pt"
             if not os.path.exists(to):
@@ -1156,8 +1379,9 @@ if __name__ == "__main__":
     backgrounds = {p.name: (p.checkpoint,) for p in populations}
     backgrounds[RANDOM] = ("uniform_random",)
     if args.num_untrained:
-        backgrounds[UNTRAINED] = tuple(untrained_checkpoints(args.out, args.substrate, populations[0].checkpoint,
-                                                             args.num_untrained))
+        backgrounds[UNTRAINED] = tuple(
+            untrained_checkpoints(args.out, args.substrate, populations[0].checkpoint, args.num_untrained)
+        )
     results = crossplay(populations, backgrounds, args)
     matrix, summary = statistics(populations, results, args)
     table = write_outputs(populations, backgrounds, results, matrix, summary, args)
@@ -1170,13 +1394,14 @@ if __name__ == "__main__":
     elif args.results and os.path.exists(f"{args.results}/policy_space.csv"):  # no snapshots here: redraw the export
         import pandas as pd
 
-        plot_policy_space(pd.read_csv(f"{args.results}/policy_space.csv"), f"{args.out}/policy_space.png",
-                          args.substrate)
+        plot_policy_space(pd.read_csv(f"{args.results}/policy_space.csv"), f"{args.out}/policy_space.png", args.substrate)
     if args.results:
         export_study(args)
         if not args.from_results:
-            record_study(args, populations[len(runs):])
+            record_study(args, populations[len(runs) :])
     written = args.results if args.results else args.out
-    print(f"written to {written}/: results.md, crossplay.csv, crossplay_heatmap.png, methods.png"
-          + (", policy_space.png" if os.path.exists(f"{args.out}/policy_space.png") else "")
-          + (", crossplay_episodes.csv, runs/" if args.results else ", crossplay.json"))
+    print(
+        f"written to {written}/: results.md, crossplay.csv, crossplay_heatmap.png, methods.png"
+        + (", policy_space.png" if os.path.exists(f"{args.out}/policy_space.png") else "")
+        + (", crossplay_episodes.csv, runs/" if args.results else ", crossplay.json")
+    )

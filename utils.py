@@ -269,8 +269,15 @@ class MeltingPotVecEnv:
     RGB frames are downsampled by the sprite size inside the workers unless `downsample=False`.
     """
 
-    def __init__(self, substrate: str, num_envs: int, seed: int, num_workers: Optional[int] = None,
-                 downsample: bool = True, max_episode_steps: Optional[int] = None):
+    def __init__(
+        self,
+        substrate: str,
+        num_envs: int,
+        seed: int,
+        num_workers: Optional[int] = None,
+        downsample: bool = True,
+        max_episode_steps: Optional[int] = None,
+    ):
         check_substrate(substrate)
         self.substrate = substrate
         self.num_envs = num_envs
@@ -282,7 +289,9 @@ class MeltingPotVecEnv:
         for i, n in enumerate(self.envs_per_worker):
             remote, worker_remote = ctx.Pipe()
             process = ctx.Process(
-                target=_worker, daemon=True, name=f"meltingpot-worker-{i}",
+                target=_worker,
+                daemon=True,
+                name=f"meltingpot-worker-{i}",
                 args=(worker_remote, remote, substrate, n, int(worker_seeds[i]), downsample, max_episode_steps),
             )
             with sigint_ignored():
@@ -422,9 +431,10 @@ def save_checkpoint(path: str, state: dict) -> None:
 def save_snapshot(run_dir: str, population: str, iteration: int, global_step: int, actor: nn.Module, **info) -> None:
     """Saves the weights of one actor alone, `run_dir/snapshots/{population}_{iteration:06d}.pt`
     (about 1 MB), for the study's picture of the policy space visited during training."""
-    save_checkpoint(f"{run_dir}/snapshots/{population}_{iteration:06d}.pt", {
-        "population": population, "iteration": iteration, "global_step": global_step,
-        "actor": actor.state_dict(), **info})
+    save_checkpoint(
+        f"{run_dir}/snapshots/{population}_{iteration:06d}.pt",
+        {"population": population, "iteration": iteration, "global_step": global_step, "actor": actor.state_dict(), **info},
+    )
 
 
 def save_json(path: str, data) -> None:
@@ -456,8 +466,10 @@ def read_file(path: str, flag: str):
     except pickle.UnpicklingError as e:
         if "Unsupported global: GLOBAL " in str(e):  # a global outside the allowlist: refused before anything ran
             found = str(e).split("Unsupported global: GLOBAL ")[1].split(" ")[0]
-            raise SystemExit(f"error: {flag} {path} holds objects other than tensors and plain values ({found}); "
-                             f"refused, since loading it could run code") from None
+            raise SystemExit(
+                f"error: {flag} {path} holds objects other than tensors and plain values ({found}); "
+                f"refused, since loading it could run code"
+            ) from None
         raise SystemExit(f"error: {flag} {path} is not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:
         raise SystemExit(f"error: {flag} {path} is not a readable checkpoint ({type(e).__name__})") from None
@@ -495,8 +507,10 @@ def check_checkpoint(checkpoint: dict, path: str, algorithm: str, args, must_mat
             raise SystemExit(f"error: --resume {path} was trained with {flag} {saved}, not {given}")
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
     if missing:
-        raise SystemExit(f"error: --resume {path} holds no training state ({', '.join(missing)} missing): a population "
-                         f"exported by study.py --results evaluates but cannot be resumed")
+        raise SystemExit(
+            f"error: --resume {path} holds no training state ({', '.join(missing)} missing): a population "
+            f"exported by study.py --results evaluates but cannot be resumed"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,14 +545,20 @@ def _module_classes(path: str) -> set:
 def training_scripts(root: Optional[str] = None) -> list:
     """The training scripts beside this file (or in `root`): every `X.py` defining `Args` and `Actor`."""
     root = root or ROOT
-    return sorted(name[: -len(".py")] for name in os.listdir(root) if name.endswith(".py") and
-                  name[: -len(".py")].isidentifier() and {"Args", "Actor"} <= _module_classes(os.path.join(root, name)))
+    return sorted(
+        name[: -len(".py")]
+        for name in os.listdir(root)
+        if name.endswith(".py")
+        and name[: -len(".py")].isidentifier()
+        and {"Args", "Actor"} <= _module_classes(os.path.join(root, name))
+    )
 
 
 def training_script(name: str, what: str, root: Optional[str] = None) -> types.ModuleType:
     """The module of training script `name` after checking the contract, or a one-line error that starts with
-    `what` ("--methods 'x' names", "--checkpoint c.pt was written by") and says what is missing. Nothing runs before the check but the
-    parse of `name`.py: a checkpoint naming a file that is not a training script here imports nothing."""
+    `what` ("--methods 'x' names", "--checkpoint c.pt was written by") and says what is missing. Nothing runs
+    before the check but the parse of `name`.py: a checkpoint naming a file that is not a training script here
+    imports nothing."""
     import importlib
 
     root = root or ROOT
@@ -546,8 +566,10 @@ def training_script(name: str, what: str, root: Optional[str] = None) -> types.M
     if name not in valid:
         exists = isinstance(name, str) and name.isidentifier() and os.path.isfile(os.path.join(root, f"{name}.py"))
         reason = "it defines no Args and Actor classes" if exists else "no such file in the project folder"
-        raise SystemExit(f"error: {what} {name}.py, which is not a training script here ({reason}); training scripts: "
-                         f"{', '.join(s + '.py' for s in valid)} (the contract: {CONTRACT_DOC})")
+        raise SystemExit(
+            f"error: {what} {name}.py, which is not a training script here ({reason}); training scripts: "
+            f"{', '.join(s + '.py' for s in valid)} (the contract: {CONTRACT_DOC})"
+        )
     if root not in sys.path:
         sys.path.insert(0, root)
     module = importlib.import_module(name)
@@ -555,8 +577,10 @@ def training_script(name: str, what: str, root: Optional[str] = None) -> types.M
     missing = [f"Args.{f}" for f in STUDY_FLAGS + CHECKPOINT_ARGS if f not in names]
     missing += [f"Actor.{m}" for m in ACTOR_METHODS if not callable(getattr(module.Actor, m, None))]
     if missing:
-        raise SystemExit(f"error: {what} {name}.py, which breaks the contract of a training script: no "
-                         f"{', '.join(missing)} (see {CONTRACT_DOC})")
+        raise SystemExit(
+            f"error: {what} {name}.py, which breaks the contract of a training script: no "
+            f"{', '.join(missing)} (see {CONTRACT_DOC})"
+        )
     return module
 
 
@@ -582,8 +606,11 @@ def rng_state() -> dict:
     """Every generator's state, as tensors and plain values (numpy's key as a list), so that the
     checkpoint holding it loads with the weights-only unpickler."""
     name, key, position, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (name, key.tolist(), position, has_gauss, cached),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, key.tolist(), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -674,6 +701,6 @@ def cli(args_class, **kwargs):
         if message.startswith("Missing from"):  # required flags, each on a line of its own
             message = "missing " + ", ".join(line.split()[0] for line in lines[2:] if line.startswith("--"))
         if "Perhaps you meant:" in lines:
-            suggestions = [line.split()[0] for line in lines[lines.index("Perhaps you meant:") + 1:] if line.startswith("--")]
+            suggestions = [line.split()[0] for line in lines[lines.index("Perhaps you meant:") + 1 :] if line.startswith("--")]
             message += f"; perhaps you meant {' or '.join(suggestions[:3])}" if suggestions else ""
         raise SystemExit(f"error: {message} (python {os.path.basename(sys.argv[0])} --help lists the flags)") from None

@@ -37,24 +37,34 @@ def in_bin_values(x, low, size):
 
 def phase_summary(direction, kl_after, ratio, phi_mi, theta_mi):
     """Run-wide lines over the distillation phases, from (step, value) series logged once per phase."""
-    by_step = lambda x: dict(map(tuple, x))  # a resumed run logs a step twice: the later value wins
+
+    def by_step(x):  # a resumed run logs a step twice: the later value wins
+        return dict(map(tuple, x))
+
     direction, kl_after, ratio = by_step(direction), by_step(kl_after), by_step(ratio)
     phi_mi, theta_mi = by_step(phi_mi), by_step(theta_mi)
     steps = sorted(direction)
-    spread = lambda v, d=2: f"{min(v):.{d}f} to {max(v):.{d}f} (mean {np.mean(v):.{d}f})" if v else "-"
+
+    def spread(v, d=2):
+        return f"{min(v):.{d}f} to {max(v):.{d}f} (mean {np.mean(v):.{d}f})" if v else "-"
+
     lines = []
     for sign, name in ((-1, "reverse"), (1, "forward")):
         phases = [s for s in steps if direction[s] == sign]
         r = [ratio[s] for s in phases if s in ratio]
         k = [kl_after[s] for s in phases]
         mi = [phi_mi[s] / theta_mi[s] for s in phases if theta_mi.get(s, 0) > 0 and s in phi_mi]
-        lines.append(f"{name} phases: {len(phases)}; phi_logp_ratio after {spread(r)}, below 0.5 in "
-                     f"{sum(v < 0.5 for v in r)}; input dependence phi / theta after {spread(mi)}; "
-                     f"KL after {spread(k, 3)}")
-    gaps = [kl_after[s] - kl_after[previous] for previous, s in zip(steps, steps[1:])
-            if direction[s] == -1 and direction[previous] == 1]
-    lines.append(f"reverse KL after minus the forward residual before it, over {len(gaps)} reverse phases: "
-                 f"{spread(gaps, 3)}")
+        lines.append(
+            f"{name} phases: {len(phases)}; phi_logp_ratio after {spread(r)}, below 0.5 in "
+            f"{sum(v < 0.5 for v in r)}; input dependence phi / theta after {spread(mi)}; "
+            f"KL after {spread(k, 3)}"
+        )
+    gaps = [
+        kl_after[s] - kl_after[previous]
+        for previous, s in zip(steps, steps[1:])
+        if direction[s] == -1 and direction[previous] == 1
+    ]
+    lines.append(f"reverse KL after minus the forward residual before it, over {len(gaps)} reverse phases: {spread(gaps, 3)}")
     return lines
 
 
@@ -78,10 +88,14 @@ if __name__ == "__main__":
             all_slots = series(events, "mixed/episodic_return_all")
         direction, phi_entropy = series(events, "distill/direction"), series(events, "distill/phi_entropy")
         kl_before, kl_after = series(events, "distill/kl_before"), series(events, "distill/kl_after")
-        ratio, phi_mi, theta_mi = (series(events, f"distill/{key}") if f"distill/{key}" in tags else np.zeros((0, 2))
-                                   for key in ["phi_logp_ratio", "phi_input_dependence", "theta_input_dependence"])
-        header += (" all slots' return | forward KL before -> after | reverse KL before -> after | phi entropy "
-                   "| phi_logp_ratio mean (min) | input dependence phi / theta (nats) |")
+        ratio, phi_mi, theta_mi = (
+            series(events, f"distill/{key}") if f"distill/{key}" in tags else np.zeros((0, 2))
+            for key in ["phi_logp_ratio", "phi_input_dependence", "theta_input_dependence"]
+        )
+        header += (
+            " all slots' return | forward KL before -> after | reverse KL before -> after | phi entropy "
+            "| phi_logp_ratio mean (min) | input dependence phi / theta (nats) |"
+        )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for low in range(0, int(returns[:, 0].max()), args.bin_size):
@@ -92,8 +106,10 @@ if __name__ == "__main__":
         se = r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
         within = functools.partial(in_bin_values, low=low, size=args.bin_size)
         c = within(collective)
-        row = (f"| {low // 1000}K-{(low + args.bin_size) // 1000}K | {in_bin.sum()} | {r.mean():.2f} ± {se:.2f} "
-               f"| {c.mean():.2f} | {within(entropy).mean():.2f} |")
+        row = (
+            f"| {low // 1000}K-{(low + args.bin_size) // 1000}K | {in_bin.sum()} | {r.mean():.2f} ± {se:.2f} "
+            f"| {c.mean():.2f} | {within(entropy).mean():.2f} |"
+        )
         if bidist:
             phases = (direction[:, 0] > low) & (direction[:, 0] <= low + args.bin_size)
             a = within(all_slots)
@@ -103,8 +119,7 @@ if __name__ == "__main__":
                 row += f" {kl_before[d, 1].mean():.2f} -> {kl_after[d, 1].mean():.2f} |" if d.any() else " - |"
             row += f" {phi_entropy[phases, 1].mean():.2f} |" if phases.any() else " - |"
             row += f" {within(ratio).mean():.2f} ({within(ratio).min():.2f}) |" if len(within(ratio)) else " - |"
-            row += (f" {within(phi_mi).mean():.3f} / {within(theta_mi).mean():.3f} |" if len(within(phi_mi))
-                    else " - |")
+            row += f" {within(phi_mi).mean():.3f} / {within(theta_mi).mean():.3f} |" if len(within(phi_mi)) else " - |"
         print(row)
     if bidist:
         print()

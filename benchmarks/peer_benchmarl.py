@@ -71,8 +71,15 @@ def benchmarl_experiment(args, callbacks, folder):
     config.evaluation, config.render, config.loggers, config.create_json = False, False, [], False
     config.checkpoint_interval, config.checkpoint_at_end, config.save_folder = 0, False, folder
     task = MeltingPotTask[args.substrate.upper()].get_from_yaml()
-    return Experiment(task=task, algorithm_config=MappoConfig.get_from_yaml(), model_config=meltingpot_cnn(),
-                      critic_model_config=meltingpot_cnn(), seed=args.seed, config=config, callbacks=callbacks)
+    return Experiment(
+        task=task,
+        algorithm_config=MappoConfig.get_from_yaml(),
+        model_config=meltingpot_cnn(),
+        critic_model_config=meltingpot_cnn(),
+        seed=args.seed,
+        config=config,
+        callbacks=callbacks,
+    )
 
 
 def meltingpot_cnn():
@@ -121,8 +128,10 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     utils.check_substrate(args.substrate)
     if args.num_envs * args.num_steps % args.num_minibatches:
-        raise SystemExit(f"error: --num-minibatches {args.num_minibatches} must divide --num-envs x --num-steps "
-                         f"({args.num_envs * args.num_steps})")
+        raise SystemExit(
+            f"error: --num-minibatches {args.num_minibatches} must divide --num-envs x --num-steps "
+            f"({args.num_envs * args.num_steps})"
+        )
     if args.iterations < 2:
         raise SystemExit(f"error: --iterations must be at least 2 (the first is not timed), got {args.iterations}")
     if benchmarl is None:
@@ -130,10 +139,13 @@ if __name__ == "__main__":
     from benchmarl.environments import MeltingPotTask
 
     if args.substrate.upper() not in MeltingPotTask.__members__:
-        raise SystemExit(f"error: --substrate {args.substrate} is not one of BenchMARL {benchmarl.__version__}'s "
-                         f"Melting Pot tasks")
+        raise SystemExit(
+            f"error: --substrate {args.substrate} is not one of BenchMARL {benchmarl.__version__}'s Melting Pot tasks"
+        )
     utils.import_meltingpot()  # before TorchRL's wrapper imports it: the stand-in for TensorFlow
     sps, collection, training = measure(args)
-    print(f"BenchMARL {benchmarl.__version__} MAPPO on {args.substrate}: {args.num_envs} envs x {args.num_steps} "
-          f"steps, {args.update_epochs} epochs x {args.num_minibatches} minibatches, {args.iterations - 1} timed iterations")
+    print(
+        f"BenchMARL {benchmarl.__version__} MAPPO on {args.substrate}: {args.num_envs} envs x {args.num_steps} "
+        f"steps, {args.update_epochs} epochs x {args.num_minibatches} minibatches, {args.iterations - 1} timed iterations"
+    )
     print(f"peer: {sps:.1f} env steps/s | collection {collection:.0%} | training {training:.0%}")

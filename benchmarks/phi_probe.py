@@ -58,8 +58,10 @@ if __name__ == "__main__":
     rows = args.num_envs * envs.num_players
     rgb, vector = torch.tensor(np.stack(rgb)).flatten(0, 1), torch.tensor(np.stack(vector)).flatten(0, 1)
     print(f"{args.checkpoint}: {len(rgb):,} observations of {checkpoint['substrate']}\n")
-    print("| network | mean action probabilities | entropy | log-prob std across observations | ratio to theta "
-          "| input dependence (nats) | dead torso units |")
+    print(
+        "| network | mean action probabilities | entropy | log-prob std across observations | ratio to theta "
+        "| input dependence (nats) | dead torso units |"
+    )
     print("|---|---|---|---|---|---|---|")
     theta_std = None
     for name, key in [("theta (trained)", "actor"), ("phi (fictitious)", "phi")]:
@@ -73,5 +75,7 @@ if __name__ == "__main__":
         probs = " ".join(f"{p:.2f}" for p in logp.exp().mean(0).tolist())
         logp_std = logp.std(0).mean().item()
         theta_std = theta_std or logp_std
-        print(f"| {name} | {probs} | {entropy:.2f} | {logp_std:.3f} | {logp_std / theta_std:.2f} "
-              f"| {mutual_information(logp).item():.3f} | {(torso.max(0).values == 0).float().mean():.0%} |")
+        print(
+            f"| {name} | {probs} | {entropy:.2f} | {logp_std:.3f} | {logp_std / theta_std:.2f} "
+            f"| {mutual_information(logp).item():.3f} | {(torso.max(0).values == 0).float().mean():.0%} |"
+        )

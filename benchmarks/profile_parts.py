@@ -40,9 +40,10 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from throughput import single_process_throughput  # noqa: E402 (benchmarks/, this script's own folder)
+
 import mappo  # noqa: E402
 import utils  # noqa: E402
-from throughput import single_process_throughput  # noqa: E402 (benchmarks/, this script's own folder)
 
 
 @dataclass
@@ -73,8 +74,13 @@ def actor_sizes(substrate):
     envs = utils.MeltingPotVecEnv(substrate, 1, seed=1, num_workers=1)
     try:
         envs.reset()
-        return SimpleNamespace(rgb_shape=envs.rgb_shape, world_shape=envs.world_shape, vector_dim=envs.vector_dim,
-                               num_actions=envs.num_actions, num_players=envs.num_players)
+        return SimpleNamespace(
+            rgb_shape=envs.rgb_shape,
+            world_shape=envs.world_shape,
+            vector_dim=envs.vector_dim,
+            num_actions=envs.num_actions,
+            num_players=envs.num_players,
+        )
     finally:
         envs.close()
 
@@ -124,7 +130,7 @@ def minibatch_update(sizes, stride_one_convs=False):
     vector = torch.randn(steps * rows, sizes.vector_dim)
     world = torch.randint(0, 256, (steps * num_envs, *sizes.world_shape), dtype=torch.uint8)
     done = torch.zeros(steps * rows)
-    done[::50 * rows] = 1  # episode starts inside the sequences
+    done[:: 50 * rows] = 1  # episode starts inside the sequences
     action = torch.randint(0, sizes.num_actions, (steps * rows,))
     state = actor.initial_state(rows, "cpu")
     with torch.no_grad():  # sizes any lazy layer before the optimiser sees the parameters
@@ -248,8 +254,7 @@ def overlapped_rollout(actor, envs, steps):
     bounds = np.cumsum([0, *envs.envs_per_worker]) * players
     groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     states = [actor.initial_state(g.stop - g.start, "cpu") for g in groups]
-    inputs = [(torch.tensor(obs["rgb"][g]), torch.tensor(obs["vector"][g]), torch.zeros(g.stop - g.start))
-              for g in groups]
+    inputs = [(torch.tensor(obs["rgb"][g]), torch.tensor(obs["vector"][g]), torch.zeros(g.stop - g.start)) for g in groups]
 
     def act_and_send(i):
         action, _, _, _, states[i] = actor.get_action(*inputs[i][:2], states[i], inputs[i][2])
@@ -282,8 +287,10 @@ def profile_overlap(sizes, args):
     actor = mappo.Actor(sizes, mappo.Args())
     envs = utils.MeltingPotVecEnv(args.substrate, args.num_envs, seed=1)
     try:
-        runs = [(lockstep_rollout(actor, envs, args.env_steps), overlapped_rollout(actor, envs, args.env_steps))
-                for _ in range(args.overlap_repeats)]
+        runs = [
+            (lockstep_rollout(actor, envs, args.env_steps), overlapped_rollout(actor, envs, args.env_steps))
+            for _ in range(args.overlap_repeats)
+        ]
         return *np.median(runs, axis=0), len(envs.envs_per_worker), runs
     finally:
         envs.close()
@@ -307,27 +314,39 @@ if __name__ == "__main__":
         parts, vectorised, single, workers = profile_env_step(args)
         step = sum(parts.values())
         per_worker = args.num_envs / workers / single * 1e3  # ms a worker needs to step its share, at in-process speed
-        print(f"\nenv step ({args.num_envs} envs in {workers} workers): {step:.2f} ms = send {parts['send']:.2f} + "
-              f"wait and receive {parts['wait']:.2f} + gather {parts['gather']:.2f}; {vectorised:,.0f} env steps/s")
-        print(f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
-              f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
-              f"({vectorised / (workers * single):.2f} of {workers} x one process)")
+        print(
+            f"\nenv step ({args.num_envs} envs in {workers} workers): {step:.2f} ms = send {parts['send']:.2f} + "
+            f"wait and receive {parts['wait']:.2f} + gather {parts['gather']:.2f}; {vectorised:,.0f} env steps/s"
+        )
+        print(
+            f"one environment in this process: {single:,.0f} env steps/s, so a worker's share of a step is "
+            f"{per_worker:.2f} ms of work: the other {step - per_worker:.2f} ms are the round trip "
+            f"({vectorised / (workers * single):.2f} of {workers} x one process)"
+        )
     if "acting" in args.parts:
         rows = args.num_envs * sizes.num_players
         acting = profile_acting(sizes, [rows // 2, rows, 2 * rows], calls=400)
-        print(f"\nacting (one Actor.get_action call, 1 thread): "
-              + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items()))
+        print(
+            "\nacting (one Actor.get_action call, 1 thread): " + ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in acting.items())
+        )
     if "overlap" in args.parts:
         lockstep, overlapped, groups, runs = profile_overlap(sizes, args)
-        print(f"\nrollout loop (Actor acting on 1 thread + env step, {args.num_envs} envs), medians of {len(runs)} "
-              f"alternating runs: lockstep {lockstep:,.0f} env steps/s; {groups} groups overlapped (act for one while "
-              f"the other steps) {overlapped:,.0f} ({overlapped / lockstep:.2f} x lockstep; runs "
-              + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in runs) + ")")
+        print(
+            f"\nrollout loop (Actor acting on 1 thread + env step, {args.num_envs} envs), medians of {len(runs)} "
+            f"alternating runs: lockstep {lockstep:,.0f} env steps/s; {groups} groups overlapped (act for one while "
+            f"the other steps) {overlapped:,.0f} ({overlapped / lockstep:.2f} x lockstep; runs "
+            + ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in runs)
+            + ")"
+        )
     if "reset" in args.parts:
         reset, build = profile_reset(args)
-        print(f"\nreset ({args.substrate}, one environment in this process, medians of {args.resets}): an episode's "
-              f"reset {reset:.3f} s; building a new environment and resetting it (prepare_resets) {build:.3f} s")
+        print(
+            f"\nreset ({args.substrate}, one environment in this process, medians of {args.resets}): an episode's "
+            f"reset {reset:.3f} s; building a new environment and resetting it (prepare_resets) {build:.3f} s"
+        )
     if "stride" in args.parts:
         two, one = profile_stride(sizes, args)
-        print(f"\nconv stride (one minibatch update on 1 thread, medians of 3 alternating runs of {args.updates}): "
-              f"3x3 conv at stride 2 (the scripts') {two:.1f} ms, at stride 1 {one:.1f} ms ({one / two:.2f} x)")
+        print(
+            f"\nconv stride (one minibatch update on 1 thread, medians of 3 alternating runs of {args.updates}): "
+            f"3x3 conv at stride 2 (the scripts') {two:.1f} ms, at stride 1 {one:.1f} ms ({one / two:.2f} x)"
+        )

@@ -49,15 +49,22 @@ if __name__ == "__main__":
         envs.close()
     returns = np.array(returns[: args.episodes])
     print(f"{args.substrate}, uniformly random actions, {len(returns)} episodes (mean length {np.mean(lengths):.0f}):")
-    print(f"return/player {returns.mean():.2f} ± {returns.std(ddof=1) / np.sqrt(len(returns)):.2f} (s.e.), "
-          f"collective return {np.mean(collective[: args.episodes]):.2f}")
+    print(
+        f"return/player {returns.mean():.2f} ± {returns.std(ddof=1) / np.sqrt(len(returns)):.2f} (s.e.), "
+        f"collective return {np.mean(collective[: args.episodes]):.2f}"
+    )
     if args.output:
         import pandas as pd
 
-        row = {"substrate": args.substrate, "episodes": len(returns), "return_per_player": returns.mean(),
-               "standard_error": returns.std(ddof=1) / np.sqrt(len(returns)),
-               "collective_return": np.mean(collective[: args.episodes]), "mean_length": np.mean(lengths),
-               "seed": args.seed}
+        row = {
+            "substrate": args.substrate,
+            "episodes": len(returns),
+            "return_per_player": returns.mean(),
+            "standard_error": returns.std(ddof=1) / np.sqrt(len(returns)),
+            "collective_return": np.mean(collective[: args.episodes]),
+            "mean_length": np.mean(lengths),
+            "seed": args.seed,
+        }
         table = pd.read_csv(args.output) if os.path.exists(args.output) else pd.DataFrame(columns=list(row))
         table = pd.concat([table[table.substrate != args.substrate], pd.DataFrame([row])]).sort_values("substrate")
         utils.write_atomically(args.output, "w", lambda f: table.to_csv(f, index=False, float_format="%.4f"))

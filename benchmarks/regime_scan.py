@@ -46,10 +46,13 @@ def judge(folder, random_play, method="mappo"):
     names = [f"{method}__seed{seed}" for seed in saved["seeds"]]
     missing = [n for n in names if (n, n) not in pairs]
     if missing:
-        raise SystemExit(f"error: {folder}: no cross-play episodes for {', '.join(missing)} (run its study without --train-only)")
+        raise SystemExit(
+            f"error: {folder}: no cross-play episodes for {', '.join(missing)} (run its study without --train-only)"
+        )
     populations = [study.Population(method, seed, name) for seed, name in zip(saved["seeds"], names)]
-    summary = study.statistics(populations, pairs, SimpleNamespace(seed=saved["seed"], reference=None,
-                                                                   bootstrap_samples=saved["bootstrap_samples"]))[1][method]
+    summary = study.statistics(
+        populations, pairs, SimpleNamespace(seed=saved["seed"], reference=None, bootstrap_samples=saved["bootstrap_samples"])
+    )[1][method]
     self_play = [np.mean(pairs[n, n]) for n in names]
     held = [[r for b in names if b != n for r in pairs[n, b]] for n in names]
     held_ci = [(np.mean(h), eval_scenarios.confidence_interval(h)) for h in held]
@@ -59,24 +62,48 @@ def judge(folder, random_play, method="mappo"):
     gap_separated = summary["gap"][1] > 0
     # zero-sum: every population earns 0 beside itself on average, so "2x random" says nothing there
     qualifies = exploitable if competitive else learned >= 2 * len(names) / 3 and gap_separated
-    return {"substrate": saved["substrate"].removesuffix("_in_the_matrix__repeated"), "random": random_play,
-            "self_play_seeds": self_play, "learned": learned, "seeds": len(names), "summary": summary,
-            "held_out_seeds": held_ci, "exploitable": exploitable, "competitive": competitive, "qualifies": qualifies}
+    return {
+        "substrate": saved["substrate"].removesuffix("_in_the_matrix__repeated"),
+        "random": random_play,
+        "self_play_seeds": self_play,
+        "learned": learned,
+        "seeds": len(names),
+        "summary": summary,
+        "held_out_seeds": held_ci,
+        "exploitable": exploitable,
+        "competitive": competitive,
+        "qualifies": qualifies,
+    }
 
 
 def markdown(rows):
     interval = study.interval
-    lines = ["| substrate | uniform random play | self-play per seed | seeds >= 2x random | self-play | held-out | "
-             "gap | held-out per seed | qualifies |", "|" + "---|" * 9]
+    lines = [
+        "| substrate | uniform random play | self-play per seed | seeds >= 2x random | self-play | held-out | "
+        "gap | held-out per seed | qualifies |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
         s = r["summary"]
-        rule = ("exploitable: " if r["competitive"] else "gap > 0: ") + \
-            ("yes" if (r["exploitable"] if r["competitive"] else s["gap"][1] > 0) else "no")
-        lines.append(" | ".join([
-            f"| {r['substrate']}", f"{r['random']:.2f}", ", ".join(f"{v:.2f}" for v in r["self_play_seeds"]),
-            f"{r['learned']} of {r['seeds']}", interval(s["self_play"]), interval(s["held_out"]), interval(s["gap"]),
-            ", ".join(f"{m:.2f} ± {h:.2f}" for m, h in r["held_out_seeds"]),
-            f"**{'yes' if r['qualifies'] else 'no'}** ({rule})"]) + " |")
+        rule = ("exploitable: " if r["competitive"] else "gap > 0: ") + (
+            "yes" if (r["exploitable"] if r["competitive"] else s["gap"][1] > 0) else "no"
+        )
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['substrate']}",
+                    f"{r['random']:.2f}",
+                    ", ".join(f"{v:.2f}" for v in r["self_play_seeds"]),
+                    f"{r['learned']} of {r['seeds']}",
+                    interval(s["self_play"]),
+                    interval(s["held_out"]),
+                    interval(s["gap"]),
+                    ", ".join(f"{m:.2f} ± {h:.2f}" for m, h in r["held_out_seeds"]),
+                    f"**{'yes' if r['qualifies'] else 'no'}** ({rule})",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -92,7 +119,9 @@ if __name__ == "__main__":
         with open(f"{folder}/study.json") as f:
             substrate = json.load(f)["args"]["substrate"]
         if substrate not in random_play:
-            raise SystemExit(f"error: --random {args.random} has no row for {substrate}; run benchmarks/random_policy.py "
-                             f"--substrate {substrate} --output {args.random}")
+            raise SystemExit(
+                f"error: --random {args.random} has no row for {substrate}; run benchmarks/random_policy.py "
+                f"--substrate {substrate} --output {args.random}"
+            )
         rows.append(judge(folder, random_play[substrate], args.method))
     print(markdown(rows))

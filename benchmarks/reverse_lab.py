@@ -37,8 +37,8 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import utils  # noqa: E402
 import bidist_mappo  # noqa: E402
+import utils  # noqa: E402
 
 
 @dataclass
@@ -80,16 +80,19 @@ def record_window(actor, envs, args):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if not all("=" in spec for spec in args.objectives):
-        raise SystemExit('error: each --objectives entry is label=flags, e.g. "literal=--reverse-trust 0 --reverse-floor 0" '
-                         "(objectives chosen by name run in this lab at commit ebf3ba5)")
+        raise SystemExit(
+            'error: each --objectives entry is label=flags, e.g. "literal=--reverse-trust 0 --reverse-floor 0" '
+            "(objectives chosen by name run in this lab at commit ebf3ba5)"
+        )
     labels = [spec.partition("=")[0] for spec in args.objectives]
     settings = [tyro.cli(bidist_mappo.Args, args=shlex.split(spec.partition("=")[2])) for spec in args.objectives]
     torch.set_num_threads(1)
     checkpoint = utils.load_checkpoint(args.checkpoint, flag="checkpoint")
     saved = checkpoint["args"]
     torch.manual_seed(args.seed)
-    envs = utils.MeltingPotVecEnv(checkpoint["substrate"], args.num_envs, seed=args.seed, num_workers=1,
-                                  downsample=saved["downsample"])
+    envs = utils.MeltingPotVecEnv(
+        checkpoint["substrate"], args.num_envs, seed=args.seed, num_workers=1, downsample=saved["downsample"]
+    )
     shape = SimpleNamespace(downsample=saved["downsample"], hidden_size=saved["hidden_size"])
     try:
         envs.reset()
@@ -100,8 +103,10 @@ if __name__ == "__main__":
     finally:
         envs.close()
     sequences = args.num_envs * envs.num_players
-    print(f"{args.checkpoint}: window of {args.kd} x {args.num_steps} steps x {sequences} slots of "
-          f"{checkpoint['substrate']} recorded in {time.time() - start:.0f} s\n")
+    print(
+        f"{args.checkpoint}: window of {args.kd} x {args.num_steps} steps x {sequences} slots of "
+        f"{checkpoint['substrate']} recorded in {time.time() - start:.0f} s\n"
+    )
 
     rows = []
     for spec, setting in zip(labels, settings):
@@ -119,15 +124,28 @@ if __name__ == "__main__":
                 bidist_mappo.distill(phi, phi_optimizer, window, direction, per_minibatch, setting)
                 phase = bidist_mappo.distill_diagnostics(phi, window, per_minibatch)
                 phases.append((direction, phase))
-                print(f"  {direction:7s} {cycle + 1}: KL(hist || phi) {phase['kl']:.3f} | "
-                      f"{bidist_mappo.describe_phase(phase)} | {time.time() - start:.1f} s", flush=True)
+                print(
+                    f"  {direction:7s} {cycle + 1}: KL(hist || phi) {phase['kl']:.3f} | "
+                    f"{bidist_mappo.describe_phase(phase)} | {time.time() - start:.1f} s",
+                    flush=True,
+                )
         kl = {d: np.mean([p["kl"] for direction, p in phases if direction == d]) for d in ["forward", "reverse"]}
-        rows.append((spec, min(p["phi_logp_ratio"] for _, p in phases),
-                     min(p["phi_input_dependence"] / p["theta_input_dependence"] for _, p in phases),
-                     kl["reverse"], kl["forward"]))
-    print("\n| setting | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
-          "| KL after forward | reverse - forward |")
+        rows.append(
+            (
+                spec,
+                min(p["phi_logp_ratio"] for _, p in phases),
+                min(p["phi_input_dependence"] / p["theta_input_dependence"] for _, p in phases),
+                kl["reverse"],
+                kl["forward"],
+            )
+        )
+    print(
+        "\n| setting | logp ratio, minimum | input dependence / theta's, minimum | KL after reverse "
+        "| KL after forward | reverse - forward |"
+    )
     print("|---|---|---|---|---|---|")
     for spec, ratio, dependence, kl_reverse, kl_forward in rows:
-        print(f"| `{spec}` | {ratio:.2f} | {dependence:.2f} | {kl_reverse:.3f} | {kl_forward:.3f} "
-              f"| {kl_reverse - kl_forward:.3f} |")
+        print(
+            f"| `{spec}` | {ratio:.2f} | {dependence:.2f} | {kl_reverse:.3f} | {kl_forward:.3f} "
+            f"| {kl_reverse - kl_forward:.3f} |"
+        )

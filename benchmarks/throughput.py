@@ -172,8 +172,11 @@ def time_shares(run_dir):
 
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
-    return {tag.split("time_")[1]: float(np.mean([e.value for e in events.Scalars(tag)][1:]))
-            for tag in events.Tags()["scalars"] if tag.startswith("charts/time_")}
+    return {
+        tag.split("time_")[1]: float(np.mean([e.value for e in events.Scalars(tag)][1:]))
+        for tag in events.Tags()["scalars"]
+        if tag.startswith("charts/time_")
+    }
 
 
 def training_throughput(script, flags, args):
@@ -181,11 +184,29 @@ def training_throughput(script, flags, args):
     checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
         process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", args.substrate,
-             "--num-envs", str(args.num_envs), "--seed", str(args.seed),
-             "--total-timesteps", str(args.train_iterations * args.num_envs * 128), "--num-steps", "128",
-             "--checkpoint-every", "0", "--exp-name", "benchmark", *flags],
-            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                os.path.join(ROOT, f"{script}.py"),
+                "--substrate",
+                args.substrate,
+                "--num-envs",
+                str(args.num_envs),
+                "--seed",
+                str(args.seed),
+                "--total-timesteps",
+                str(args.train_iterations * args.num_envs * 128),
+                "--num-steps",
+                "128",
+                "--checkpoint-every",
+                "0",
+                "--exp-name",
+                "benchmark",
+                *flags,
+            ],
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         memory = PeakMemory(process.pid)
         output, errors = process.communicate()
@@ -224,18 +245,33 @@ def side_by_side_throughput(flags, args):
 def peer_throughput(args):
     """One run of benchmarks/peer_benchmarl.py: its env steps/s, peak memory and time split."""
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "peer_benchmarl.py"), "--substrate", args.substrate,
-         "--num-envs", str(args.num_envs), "--num-steps", "128", "--iterations", str(args.peer_iterations),
-         "--seed", str(args.seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "peer_benchmarl.py"),
+            "--substrate",
+            args.substrate,
+            "--num-envs",
+            str(args.num_envs),
+            "--num-steps",
+            "128",
+            "--iterations",
+            str(args.peer_iterations),
+            "--seed",
+            str(args.seed),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     memory = PeakMemory(process.pid)
     output, errors = process.communicate()
     peak = memory.stop()
     found = re.search(r"peer: ([\d.]+) env steps/s \| collection (\d+)% \| training (\d+)%", output)
     if process.returncode != 0 or not found:
-        raise SystemExit(f"error: benchmarks/peer_benchmarl.py failed (exit {process.returncode}): "
-                         f"{(errors.strip().splitlines() or ['no output'])[-1]}")
+        raise SystemExit(
+            f"error: benchmarks/peer_benchmarl.py failed (exit {process.returncode}): "
+            f"{(errors.strip().splitlines() or ['no output'])[-1]}"
+        )
     sps, collection, training = float(found[1]), int(found[2]) / 100, int(found[3]) / 100
     return sps, peak, {"collection": collection, "training": training}
 
@@ -250,7 +286,8 @@ if __name__ == "__main__":
     # (script, flags) of every training row: mappo.py first (the reference), then mappo.py with torch's own
     # thread default (a thread per core) against the scripts' default (the cores the env workers leave)
     measured = [("mappo", []), ("mappo", ["--torch-threads", str(os.cpu_count() or 1)])] + [
-        (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"]
+        (s, SCRIPT_FLAGS.get(s, [])) for s in dict.fromkeys(args.scripts) if s != "mappo"
+    ]
     peer = args.peer and importlib.util.find_spec("benchmarl") is not None
     if peer:  # beside the peer, mappo.py on the full-resolution views and frames the peer's networks read too
         measured.append(("mappo", ["--no-downsample"]))
@@ -272,23 +309,33 @@ if __name__ == "__main__":
         print(f"{name} runs: {', '.join(f'{sps:,}' for sps, _, _ in r)} env steps/s")
         method_state = {key: tensor_bytes(v) for key, v in checkpoints[i].items() if key not in mappo_keys}
         shares = {part: float(np.mean([s.get(part, 0.0) for _, _, s in r])) for part in TIME_PARTS}
-        rows.append((name, float(np.median([sps for sps, _, _ in r])), max(peak for _, peak, _ in r), method_state,
-                     shares))
+        rows.append((name, float(np.median([sps for sps, _, _ in r])), max(peak for _, peak, _ in r), method_state, shares))
     mappo_sps = rows[1][1]
-    print(f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
-          f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n")
+    print(
+        f"\n{args.substrate}, {players} players, {args.num_envs} envs, {os.cpu_count()} cores, "
+        f"median of {args.repeats} training runs of {args.train_iterations} iterations each\n"
+    )
     workers = utils.num_env_workers(args.num_envs)
-    print(f"raw env: {raw_sps:,.0f} env steps/s in {workers} worker(s) against {single_sps:,.0f} in one process: "
-          f"{raw_sps / (workers * single_sps):.2f} of {workers} x one process\n")
-    print("| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | time: "
-          f"{' / '.join(TIME_PARTS)} | peak memory | method's own state at the end |")
+    print(
+        f"raw env: {raw_sps:,.0f} env steps/s in {workers} worker(s) against {single_sps:,.0f} in one process: "
+        f"{raw_sps / (workers * single_sps):.2f} of {workers} x one process\n"
+    )
+    print(
+        "| measurement | env steps/s | agent steps/s | ratio to raw env | ratio to mappo.py | time: "
+        f"{' / '.join(TIME_PARTS)} | peak memory | method's own state at the end |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, sps, memory, state, shares in rows:
-        held = "-" if state is None else (", ".join(f"{key} {size / 2**20:,.1f} MiB" for key, size in state.items()
-                                                   if size) or "none")
+        held = (
+            "-"
+            if state is None
+            else (", ".join(f"{key} {size / 2**20:,.1f} MiB" for key, size in state.items() if size) or "none")
+        )
         split = "-" if shares is None else " / ".join(f"{shares[part]:.0%}" for part in TIME_PARTS)
-        print(f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
-              f"| {split} | {memory / 2**20:,.0f} MiB | {held} |")
+        print(
+            f"| {name} | {sps:,.0f} | {sps * players:,.0f} | {sps / raw_sps:.2f} | {sps / mappo_sps:.2f} "
+            f"| {split} | {memory / 2**20:,.0f} MiB | {held} |"
+        )
     if not peer:
         print("\n(no peer row: " + ("--no-peer)" if not args.peer else "BenchMARL is not installed; `make peer`)"))
     else:
@@ -296,20 +343,29 @@ if __name__ == "__main__":
 
         peer_sps = float(np.median([sps for sps, _, _ in peer_runs]))
         peer_memory = max(peak for _, peak, _ in peer_runs)
-        split = " / ".join(f"{part} {np.mean([shares[part] for _, _, shares in peer_runs]):.0%}"
-                           for part in ("collection", "training"))
-        print(f"| BenchMARL {benchmarl.__version__} MAPPO (peer) | {peer_sps:,.0f} | {peer_sps * players:,.0f} | "
-              f"{peer_sps / raw_sps:.2f} | {peer_sps / mappo_sps:.2f} | {split} | {peer_memory / 2**20:,.0f} MiB | - |")
+        split = " / ".join(
+            f"{part} {np.mean([shares[part] for _, _, shares in peer_runs]):.0%}" for part in ("collection", "training")
+        )
+        print(
+            f"| BenchMARL {benchmarl.__version__} MAPPO (peer) | {peer_sps:,.0f} | {peer_sps * players:,.0f} | "
+            f"{peer_sps / raw_sps:.2f} | {peer_sps / mappo_sps:.2f} | {split} | {peer_memory / 2**20:,.0f} MiB | - |"
+        )
         print(f"\npeer runs: {', '.join(f'{sps:,.1f}' for sps, _, _ in peer_runs)} env steps/s")
-        print(f"mappo.py against BenchMARL's MAPPO: {mappo_sps / peer_sps:.1f} times its env steps/s, "
-              f"{rows[1][2] / peer_memory:.2f} of its peak memory")
+        print(
+            f"mappo.py against BenchMARL's MAPPO: {mappo_sps / peer_sps:.1f} times its env steps/s, "
+            f"{rows[1][2] / peer_memory:.2f} of its peak memory"
+        )
         _, full_sps, full_memory, _, _ = rows[-1]  # mappo.py --no-downsample
-        print(f"mappo.py --no-downsample (full-resolution inputs, as the peer's) against it: "
-              f"{full_sps / peer_sps:.1f} times its env steps/s, {full_memory / peer_memory:.2f} of its peak memory")
+        print(
+            f"mappo.py --no-downsample (full-resolution inputs, as the peer's) against it: "
+            f"{full_sps / peer_sps:.1f} times its env steps/s, {full_memory / peer_memory:.2f} of its peak memory"
+        )
     if args.side_by_side:
         cores = os.cpu_count() or 1
         print(f"\ntwo mappo.py runs side by side ({args.side_by_side_iterations} iterations each, {cores} cores):")
-        for name, flags in [(f"torch's thread default ({cores} each)", ["--torch-threads", str(cores)]),
-                            (f"the scripts' default ({utils.default_torch_threads(args.num_envs)} each)", [])]:
+        for name, flags in [
+            (f"torch's thread default ({cores} each)", ["--torch-threads", str(cores)]),
+            (f"the scripts' default ({utils.default_torch_threads(args.num_envs)} each)", []),
+        ]:
             pair = side_by_side_throughput(flags, args)
             print(f"  {name}: {pair[0]:,} + {pair[1]:,} = {sum(pair):,} env steps/s")

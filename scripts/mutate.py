@@ -27,29 +27,63 @@ from eval_scenarios import algorithm_scripts  # noqa: E402 (the one list of algo
 
 # The algorithm of each script, as mutmut names functions ("x_" + name, methods "xǁClassǁname").
 FUNCTIONS = [
-    "x_compute_gae", "x_rollout_values", "x_ppo_loss", "xǁActorǁget_states", "xǁActorǁget_action", "xǁCriticǁget_value",
-    "xǁValueNormǁupdate", "xǁValueNormǁnormalize", "xǁValueNormǁdenormalize",
+    "x_compute_gae",
+    "x_rollout_values",
+    "x_ppo_loss",
+    "xǁActorǁget_states",
+    "xǁActorǁget_action",
+    "xǁCriticǁget_value",
+    "xǁValueNormǁupdate",
+    "xǁValueNormǁnormalize",
+    "xǁValueNormǁdenormalize",
     # mixed play and distillation (BiDist)
-    "x_sample_mask", "x_mixed_action", "x_kl_divergence", "x_forward_distillation_loss",
-    "x_reverse_distillation_loss", "x_scheduled_phase", "x_unroll_phi", "x_distill", "x_mutual_information",
-    "x_input_dependence_share", "x_restart_from",
+    "x_sample_mask",
+    "x_mixed_action",
+    "x_kl_divergence",
+    "x_forward_distillation_loss",
+    "x_reverse_distillation_loss",
+    "x_scheduled_phase",
+    "x_unroll_phi",
+    "x_distill",
+    "x_mutual_information",
+    "x_input_dependence_share",
+    "x_restart_from",
     # the pool of past selves (FSP)
-    "x_pool_probabilities", "x_snapshot_of", "x_pool_action",
+    "x_pool_probabilities",
+    "x_snapshot_of",
+    "x_pool_action",
     # the ranked policy memory (RPM)
-    "x_memory_mask", "x_rpm_key", "x_sample_memory", "x_memory_snapshots", "x_memory_action",
+    "x_memory_mask",
+    "x_rpm_key",
+    "x_sample_memory",
+    "x_memory_snapshots",
+    "x_memory_action",
     # network randomisation (RandNet)
-    "x_random_convolution_weight", "x_randomize", "xǁActorǁfeatures", "x_feature_matching_loss",
+    "x_random_convolution_weight",
+    "x_randomize",
+    "xǁActorǁfeatures",
+    "x_feature_matching_loss",
     # options as responses (OPRE)
-    "x_mixture_logp", "xǁOptionsPolicyǁoption_logp", "xǁOptionsPolicyǁforward", "xǁPosteriorǁget_logits",
-    "x_options_kl", "x_options_losses", "x_usage_entropy",
+    "x_mixture_logp",
+    "xǁOptionsPolicyǁoption_logp",
+    "xǁOptionsPolicyǁforward",
+    "xǁPosteriorǁget_logits",
+    "x_options_kl",
+    "x_options_losses",
+    "x_usage_entropy",
 ]
 DETECTED = {"killed", "timeout"}
 
 
 def results():
     """{mutant name: status} of every mutant mutmut has generated."""
-    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mutmut"), "results", "--all", "true"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "mutmut"), "results", "--all", "true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(line.strip().split(": ", 1) for line in out.splitlines() if ": " in line)
 
 
@@ -88,8 +122,10 @@ def main():
     for function in sorted(per_function):
         c = per_function[function]
         detected = sum(c[s] for s in DETECTED)
-        print(f"{function:<46} {sum(c.values()):>7} {detected:>7} {c['survived']:>8} "
-              f"{sum(c.values()) - detected - c['survived']:>6}")
+        print(
+            f"{function:<46} {sum(c.values()):>7} {detected:>7} {c['survived']:>8} "
+            f"{sum(c.values()) - detected - c['survived']:>6}"
+        )
     total = len(status)
     detected = sum(s in DETECTED for s in status.values())
     print(f"\n{detected} of {total} mutants killed ({100 * detected / total:.1f}%); timeouts count as killed")

@@ -17,7 +17,10 @@ def run_script(script, *flags, cwd, timeout=300, check=True):
     """Runs `python <script> <flags>` from `cwd` (so runs/ lands there); returns the result."""
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *flags],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -43,8 +46,22 @@ def spawned_workers():
 
 
 # Tiny settings shared by the end-to-end tests: 2 envs x 16 steps per iteration.
-TINY = ["--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2",
-        "--max-episode-steps", "20", "--hidden-size", "32", "--num-workers", "2"]
+TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--max-episode-steps",
+    "20",
+    "--hidden-size",
+    "32",
+    "--num-workers",
+    "2",
+]
 
 
 @pytest.fixture

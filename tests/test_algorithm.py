@@ -1,5 +1,6 @@
 """Pure-function tests of the algorithm pieces every script copies from mappo.py (run over every
 algorithm script, so that no copy drifts untested) and of utils' numerics."""
+
 import importlib
 import inspect
 import math
@@ -9,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import ALGORITHM_SCRIPTS
 
 import utils
-from conftest import ALGORITHM_SCRIPTS
 
 
 @pytest.fixture(params=ALGORITHM_SCRIPTS)
@@ -21,8 +22,9 @@ def script(request):
 
 # the mixed-play scripts: a share of the slots is played by another population (phi, past selves, a policy
 # memory) and PPO trains on the other slots only (their ppo_loss takes the `trained` mask)
-MIXED_PLAY_SCRIPTS = [s for s in ALGORITHM_SCRIPTS
-                      if "trained" in inspect.signature(importlib.import_module(s).ppo_loss).parameters]
+MIXED_PLAY_SCRIPTS = [
+    s for s in ALGORITHM_SCRIPTS if "trained" in inspect.signature(importlib.import_module(s).ppo_loss).parameters
+]
 # of them, those drawing the slots with BiDist's mask (Bernoulli(p) per slot, a trained slot kept per environment)
 BERNOULLI_MASK_SCRIPTS = [s for s in MIXED_PLAY_SCRIPTS if hasattr(importlib.import_module(s), "sample_mask")]
 
@@ -145,8 +147,9 @@ def test_rollout_values_equal_one_critic_call_per_step(script, calls):
     torch.testing.assert_close(script.rollout_values(critic, world, rgb, vector, calls), per_step)
 
 
-def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef,
-                     norm_adv=True, clip_vloss=True):
+def ppo_loss_by_hand(
+    newlogprob, entropy, newvalue, logprob, advantages, value, target, clip, ent_coef, vf_coef, norm_adv=True, clip_vloss=True
+):
     """The PPO loss of one minibatch written out element by element (advantages normalised by
     their sample standard deviation, as torch's std does), with its parts."""
     adv = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8) if norm_adv else advantages
@@ -158,9 +161,14 @@ def ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, 
         unclipped = (newvalue[i] - target[i]) ** 2
         v.append(max(unclipped, (clipped - target[i]) ** 2) if clip_vloss else unclipped)
     logratio = newlogprob - logprob
-    parts = {"pg_loss": np.mean(pg), "v_loss": 0.5 * np.mean(v), "entropy": np.mean(entropy),
-             "old_approx_kl": np.mean(-logratio), "approx_kl": np.mean(np.exp(logratio) - 1 - logratio),
-             "clipfrac": np.mean(np.abs(np.exp(logratio) - 1) > clip)}
+    parts = {
+        "pg_loss": np.mean(pg),
+        "v_loss": 0.5 * np.mean(v),
+        "entropy": np.mean(entropy),
+        "old_approx_kl": np.mean(-logratio),
+        "approx_kl": np.mean(np.exp(logratio) - 1 - logratio),
+        "clipfrac": np.mean(np.abs(np.exp(logratio) - 1) > clip),
+    }
     return parts["pg_loss"] - ent_coef * parts["entropy"] + vf_coef * parts["v_loss"], parts
 
 
@@ -175,14 +183,18 @@ def test_ppo_loss_matches_a_hand_computation(script, norm_adv, clip_vloss):
     newvalue = value + np.array([0.5, -0.05, 0.0, 0.3, -0.4, 0.1])
     target[[0, 4]] = value[[0, 4]] + [1.0, -1.0]  # moved past the clip towards the target: the clipped loss is larger
     args = SimpleNamespace(clip_coef=0.2, norm_adv=norm_adv, clip_vloss=clip_vloss, ent_coef=0.01, vf_coef=0.5)
-    inputs = dict(zip(["newlogprob", "entropy", "newvalue", "logprob", "advantages", "value", "target"],
-                      (torch.tensor(x, requires_grad=True) for x in
-                       (newlogprob, entropy, newvalue, logprob, advantages, value, target))))
+    inputs = dict(
+        zip(
+            ["newlogprob", "entropy", "newvalue", "logprob", "advantages", "value", "target"],
+            (torch.tensor(x, requires_grad=True) for x in (newlogprob, entropy, newvalue, logprob, advantages, value, target)),
+        )
+    )
     if "trained" in inspect.signature(script.ppo_loss).parameters:  # mixed play: every row trained here
         inputs["trained"] = torch.ones(n, dtype=torch.bool)
     loss, stats = script.ppo_loss(**inputs, args=args)
-    expected, parts = ppo_loss_by_hand(newlogprob, entropy, newvalue, logprob, advantages, value, target, 0.2, 0.01,
-                                       0.5, norm_adv, clip_vloss)
+    expected, parts = ppo_loss_by_hand(
+        newlogprob, entropy, newvalue, logprob, advantages, value, target, 0.2, 0.01, 0.5, norm_adv, clip_vloss
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     assert parts["clipfrac"] == 3 / 6
     assert stats.keys() == parts.keys()
@@ -210,8 +222,9 @@ def test_value_norm_matches_numpy_statistics(script):
     expected = (x.numpy() - data.mean()) / np.sqrt(data.var() + norm.epsilon)
     np.testing.assert_allclose(norm.normalize(x).numpy(), expected, rtol=1e-6)
     y = torch.tensor([-1.0, 2.0])
-    np.testing.assert_allclose(norm.denormalize(y).numpy(), y.numpy() * np.sqrt(data.var() + norm.epsilon) + data.mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        norm.denormalize(y).numpy(), y.numpy() * np.sqrt(data.var() + norm.epsilon) + data.mean(), rtol=1e-6
+    )
     assert norm.normalize(x).dtype == norm.denormalize(x).dtype == torch.float32
     torch.testing.assert_close(norm.denormalize(norm.normalize(x)), x)
     # constant targets (variance 0): epsilon keeps both directions finite and inverse to each other
@@ -314,13 +327,25 @@ def test_ppo_ignores_the_slots_theta_does_not_play(mixed_script):
     rewards, actions = torch.randn(T, rows), torch.randint(0, 8, (T, rows))
 
     def loss_and_grad(rewards, actions):
-        advantages, returns = mixed_script.compute_gae(rewards, values, dones, torch.zeros(rows), torch.zeros(rows), 0.99, 0.95)
-        _, newlogprob, entropy, _, _ = actor.get_action(rgb, vector, actor.initial_state(rows, "cpu"),
-                                                        dones.flatten(), actions.flatten())
+        advantages, returns = mixed_script.compute_gae(
+            rewards, values, dones, torch.zeros(rows), torch.zeros(rows), 0.99, 0.95
+        )
+        _, newlogprob, entropy, _, _ = actor.get_action(
+            rgb, vector, actor.initial_state(rows, "cpu"), dones.flatten(), actions.flatten()
+        )
         newvalue = values.flatten() + 0.3  # stands in for the critic's output
         actor.zero_grad()
-        loss, _ = mixed_script.ppo_loss(newlogprob, entropy, newvalue, logprobs.flatten(), advantages.flatten(),
-                           values.flatten(), returns.flatten(), trained.repeat(T), args)
+        loss, _ = mixed_script.ppo_loss(
+            newlogprob,
+            entropy,
+            newvalue,
+            logprobs.flatten(),
+            advantages.flatten(),
+            values.flatten(),
+            returns.flatten(),
+            trained.repeat(T),
+            args,
+        )
         loss.backward()
         return loss.item(), actor.policy.weight.grad.clone()
 

@@ -1,29 +1,37 @@
 """Benchmark scripts: the optional peer benchmark's one-line errors, with or without BenchMARL installed,
 learning_curve.py's run-wide phase summary against a hand computation, and profile_parts.py's stride-1 networks."""
+
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 PEER = os.path.join(ROOT, "benchmarks", "peer_benchmarl.py")
 # runs the peer script as if BenchMARL were not installed (a None entry makes its import fail)
-WITHOUT_BENCHMARL = "import runpy, sys; sys.modules['benchmarl'] = None; sys.argv = sys.argv[1:]; " \
-                    "runpy.run_path(sys.argv[0], run_name='__main__')"
+WITHOUT_BENCHMARL = (
+    "import runpy, sys; sys.modules['benchmarl'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([], "error: BenchMARL is not installed; `make peer` installs requirements-peer.txt"),
-    (["--num-minibatches", "3"], "error: --num-minibatches 3 must divide --num-envs x --num-steps (1024)"),
-    (["--iterations", "1"], "error: --iterations must be at least 2 (the first is not timed), got 1"),
-    (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: "
-                                   "clean_up"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], "error: BenchMARL is not installed; `make peer` installs requirements-peer.txt"),
+        (["--num-minibatches", "3"], "error: --num-minibatches 3 must divide --num-envs x --num-steps (1024)"),
+        (["--iterations", "1"], "error: --iterations must be at least 2 (the first is not timed), got 1"),
+        (
+            ["--substrate", "clean_upp"],
+            "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
+        ),
+    ],
+)
 def test_peer_benchmark_bad_input_gets_one_line(tmp_path, flags, expected):
-    result = subprocess.run([sys.executable, "-c", WITHOUT_BENCHMARL, PEER, *flags], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BENCHMARL, PEER, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0 and result.stderr.strip() == expected
 
 
@@ -32,24 +40,32 @@ LEARNING_CURVE = os.path.join(ROOT, "benchmarks", "learning_curve.py")
 
 def test_learning_curve_summarises_every_phase_by_direction(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
+
     writer = SummaryWriter(str(tmp_path))
     for step in (10, 20, 30, 40):
-        for tag in ("charts/episodic_return", "charts/collective_return", "losses/entropy",
-                    "mixed/episodic_return_all"):
+        for tag in ("charts/episodic_return", "charts/collective_return", "losses/entropy", "mixed/episodic_return_all"):
             writer.add_scalar(tag, 1.0, step)
     # (step, direction, KL after, ratio, input dependence of phi, of theta): a reverse phase first (no forward
     # residual before it), then alternating; theta independent of its input at step 30 (no ratio to take)
-    for step, direction, kl, ratio, phi_mi, theta_mi in [(5, -1, 0.7, 1.0, 0.2, 0.1), (10, 1, 0.02, 0.9, 0.05, 0.1),
-                                                         (20, -1, 0.8, 1.5, 0.3, 0.1), (30, 1, 0.01, 0.4, 0.05, 0.0),
-                                                         (40, -1, 0.5, 2.0, 0.1, 0.1)]:
+    for step, direction, kl, ratio, phi_mi, theta_mi in [
+        (5, -1, 0.7, 1.0, 0.2, 0.1),
+        (10, 1, 0.02, 0.9, 0.05, 0.1),
+        (20, -1, 0.8, 1.5, 0.3, 0.1),
+        (30, 1, 0.01, 0.4, 0.05, 0.0),
+        (40, -1, 0.5, 2.0, 0.1, 0.1),
+    ]:
         writer.add_scalar("distill/direction", direction, step)
         writer.add_scalar("distill/kl_after", kl, step)
-        for tag, value in (("kl_before", 0.1), ("phi_entropy", 1.0), ("phi_logp_ratio", ratio),
-                           ("phi_input_dependence", phi_mi), ("theta_input_dependence", theta_mi)):
+        for tag, value in (
+            ("kl_before", 0.1),
+            ("phi_entropy", 1.0),
+            ("phi_logp_ratio", ratio),
+            ("phi_input_dependence", phi_mi),
+            ("theta_input_dependence", theta_mi),
+        ):
             writer.add_scalar(f"distill/{tag}", value, step)
     writer.close()
-    result = subprocess.run([sys.executable, LEARNING_CURVE, str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, LEARNING_CURVE, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-3:] == [
         "reverse phases: 3; phi_logp_ratio after 1.00 to 2.00 (mean 1.50), below 0.5 in 0; "
@@ -67,18 +83,21 @@ def test_stride_one_keeps_weights_and_reads_the_full_map(monkeypatch):
     from types import SimpleNamespace
 
     import torch
+
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # profile_parts imports its neighbour
-    import mappo
     from profile_parts import stride_one
-    sizes = SimpleNamespace(rgb_shape=(11, 11, 3), world_shape=(16, 24, 3), vector_dim=2, num_actions=8,
-                            num_players=2)
+
+    import mappo
+
+    sizes = SimpleNamespace(rgb_shape=(11, 11, 3), world_shape=(16, 24, 3), vector_dim=2, num_actions=8, num_players=2)
     critic = mappo.Critic(sizes, mappo.Args())
     conv = critic.obs_cnn[2]
     weight = conv.weight.detach().clone()
     assert conv.stride == (2, 2) and critic.obs_cnn[5].in_features == 32 * 6 * 6
     stride_one(critic)
-    value = critic.get_value(torch.zeros(3, 16, 24, 3, dtype=torch.uint8), torch.zeros(6, 11, 11, 3, dtype=torch.uint8),
-                             torch.zeros(6, 2))
+    value = critic.get_value(
+        torch.zeros(3, 16, 24, 3, dtype=torch.uint8), torch.zeros(6, 11, 11, 3, dtype=torch.uint8), torch.zeros(6, 2)
+    )
     assert value.shape == (6,)
     assert critic.obs_cnn[2] is conv and conv.stride == (1, 1) and torch.equal(conv.weight, weight)
     assert critic.obs_cnn[5].in_features == 32 * 11 * 11 and critic.world_cnn[5].in_features == 32 * 16 * 24
@@ -94,6 +113,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
 
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import regime_scan
+
     import study
 
     names = [f"mappo__seed{s}" for s in (1, 2, 3)]
@@ -103,8 +123,18 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     folder = tmp_path / "scan"
     os.makedirs(folder)
     study.write_committed_episodes(str(folder), keys, episodes)
-    json.dump({"command": "", "args": {"substrate": "stag_hunt_in_the_matrix__repeated", "seeds": [1, 2, 3], "seed": 1,
-                                       "bootstrap_samples": 2000}}, open(folder / "study.json", "w"))
+    json.dump(
+        {
+            "command": "",
+            "args": {
+                "substrate": "stag_hunt_in_the_matrix__repeated",
+                "seeds": [1, 2, 3],
+                "seed": 1,
+                "bootstrap_samples": 2000,
+            },
+        },
+        open(folder / "study.json", "w"),
+    )
     row = regime_scan.judge(str(folder), 1.0)
     assert row["learned"] == 2 and row["qualifies"] and not row["competitive"]
     assert row["summary"]["self_play"][0] == np.mean([4.0, 4.0, 1.5]) and row["summary"]["held_out"][0] == 1.0

@@ -1,6 +1,7 @@
 """Pure-function tests of what bidist_mappo.py adds to MAPPO: distillation losses, mixed action
 selection and the phase schedule (the mask and the masked PPO loss: tests/test_algorithm.py, for
 every mixed-play script)."""
+
 import copy
 import math
 from types import SimpleNamespace
@@ -8,11 +9,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from bidist_mappo import (Actor, Args, distill, distill_diagnostics, forward_distillation_loss, kl_divergence,
-                          mixed_action, mutual_information, restart_from, reverse_distillation_loss, sample_mask,
-                          scheduled_phase, unroll_phi)
 from test_algorithm import FakeEnvs
+
+from bidist_mappo import (
+    Actor,
+    Args,
+    distill,
+    distill_diagnostics,
+    forward_distillation_loss,
+    kl_divergence,
+    mixed_action,
+    mutual_information,
+    restart_from,
+    reverse_distillation_loss,
+    sample_mask,
+    scheduled_phase,
+    unroll_phi,
+)
 
 
 def hand_kl(p, q):
@@ -81,7 +94,9 @@ def test_the_trust_term_adds_the_kl_to_phi_at_the_phase_start():
 
 def test_input_dependence_is_the_mutual_information_between_observation_and_action():
     # two equally likely observations with opposite deterministic choices: I(o; a) = ln 2
-    assert mutual_information(torch.log(torch.tensor([[1.0, 1e-12], [1e-12, 1.0]]))).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert mutual_information(torch.log(torch.tensor([[1.0, 1e-12], [1e-12, 1.0]]))).item() == pytest.approx(
+        math.log(2), rel=1e-6
+    )
     # the same distribution everywhere: 0, however peaked
     assert mutual_information(torch.log(torch.tensor([[0.9, 0.1]] * 4))).item() == pytest.approx(0.0, abs=1e-7)
     # [0.5, 0.5] and [0.9, 0.1]: marginal [0.7, 0.3], mean of the two KLs to it
@@ -97,7 +112,9 @@ def test_each_per_sample_term_is_the_mean_over_observations_of_its_value_on_each
     hist, phi, start = (2 * torch.randn(3, 4, 5) for _ in range(3))
 
     def loss(h, p, s):
-        return forward_distillation_loss(h, p, 1.5) if beta is None else reverse_distillation_loss(h, p, s, 1.5, 0.7, beta, 0.0)
+        return (
+            forward_distillation_loss(h, p, 1.5) if beta is None else reverse_distillation_loss(h, p, s, 1.5, 0.7, beta, 0.0)
+        )
 
     alone = [loss(h[None], p[None], s[None]).item() for h, p, s in zip(*(x.reshape(-1, 5) for x in (hist, phi, start)))]
     assert len(set(np.round(alone, 6))) > 1
@@ -167,8 +184,9 @@ def make_window(actor, rollouts=3, T=6, sequences=4):
         vector, done = torch.randn(T, sequences, 2), torch.zeros(T, sequences)
         done[2, 1] = 1
         with torch.no_grad():
-            logits = actor.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), actor.initial_state(sequences, "cpu"),
-                                      done.flatten())[3].reshape(T, sequences, -1)
+            logits = actor.get_action(
+                rgb.flatten(0, 1), vector.flatten(0, 1), actor.initial_state(sequences, "cpu"), done.flatten()
+            )[3].reshape(T, sequences, -1)
         window.append((rgb, vector, done, logits * 20))  # sharpen theta so the KL is not tiny
     return window
 
@@ -177,14 +195,24 @@ def make_window(actor, rollouts=3, T=6, sequences=4):
 def test_a_distillation_phase_moves_phi_the_right_way(direction):
     theta, phi = make_actor(0), make_actor(1)
     window = make_window(theta)
-    args = SimpleNamespace(distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5,
-                           reverse_trust=0.0, reverse_floor=0.0)
+    args = SimpleNamespace(
+        distill_epochs=3, eta_f=1.0, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5, reverse_trust=0.0, reverse_floor=0.0
+    )
     optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
     before = distill_diagnostics(phi, window, sequences_per_minibatch=3)
     distill(phi, optimizer, window, direction, sequences_per_minibatch=3, args=args)
     after = distill_diagnostics(phi, window, sequences_per_minibatch=3)
-    assert set(after) == {"kl", "phi_entropy", "theta_entropy", "phi_logp_std", "theta_logp_std", "phi_logp_ratio",
-                          "phi_logp_ratio_pooled", "phi_input_dependence", "theta_input_dependence"}
+    assert set(after) == {
+        "kl",
+        "phi_entropy",
+        "theta_entropy",
+        "phi_logp_std",
+        "theta_logp_std",
+        "phi_logp_ratio",
+        "phi_logp_ratio_pooled",
+        "phi_input_dependence",
+        "theta_input_dependence",
+    }
     assert after["phi_logp_ratio"] == pytest.approx(after["phi_logp_std"] / after["theta_logp_std"])
     if direction == "forward":
         assert after["kl"] < before["kl"]
@@ -202,8 +230,9 @@ def test_the_trust_region_keeps_phi_near_where_the_reverse_phase_started():
         phi = make_actor(1)
         with torch.no_grad():
             start = unroll_phi(phi, rgb, vector, done, everything)
-        args = SimpleNamespace(distill_epochs=4, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5, reverse_trust=beta,
-                               reverse_floor=0.0)
+        args = SimpleNamespace(
+            distill_epochs=4, eta_r=1.0, kl_cap=50.0, max_grad_norm=0.5, reverse_trust=beta, reverse_floor=0.0
+        )
         distill(phi, torch.optim.Adam(phi.parameters(), lr=1e-2), window, "reverse", rgb.shape[1], args)
         with torch.no_grad():
             moved[beta] = kl_divergence(start, unroll_phi(phi, rgb, vector, done, everything)).mean().item()
@@ -213,8 +242,7 @@ def test_the_trust_region_keeps_phi_near_where_the_reverse_phase_started():
 def test_restart_from_copies_theta_into_phi_and_forgets_the_optimizer_moments():
     theta, phi = make_actor(0), make_actor(1)
     optimizer = torch.optim.Adam(phi.parameters(), lr=1e-2)
-    distill(phi, optimizer, make_window(theta), "forward", 4,
-            SimpleNamespace(distill_epochs=1, eta_f=1.0, max_grad_norm=0.5))
+    distill(phi, optimizer, make_window(theta), "forward", 4, SimpleNamespace(distill_epochs=1, eta_f=1.0, max_grad_norm=0.5))
     assert len(optimizer.state) > 0
     restart_from(phi, optimizer, theta)
     for a, b in zip(phi.state_dict().values(), theta.state_dict().values()):
@@ -243,7 +271,9 @@ def test_phi_logp_ratio_compares_phi_with_each_recorded_policy_not_with_the_wind
     spreads = {"phi": [], "theta": []}
     for rgb, vector, done, logits in window:
         with torch.no_grad():
-            phi_logits = phi.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), phi.initial_state(4, "cpu"), done.flatten())[3]
+            phi_logits = phi.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), phi.initial_state(4, "cpu"), done.flatten())[
+                3
+            ]
         spreads["phi"].append(phi_logits.log_softmax(-1).std(0).mean().item())
         spreads["theta"].append(logits.flatten(0, 1).log_softmax(-1).std(0).mean().item())
     phase = distill_diagnostics(phi, window, sequences_per_minibatch=3)
@@ -273,8 +303,9 @@ def collapse_window():
         vector, done = torch.randn(16, 8, 2, generator=generator), torch.zeros(16, 8)
         done[8, 1] = 1
         with torch.no_grad():
-            logits = theta.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), theta.initial_state(8, "cpu"),
-                                      done.flatten())[3]
+            logits = theta.get_action(rgb.flatten(0, 1), vector.flatten(0, 1), theta.initial_state(8, "cpu"), done.flatten())[
+                3
+            ]
         window.append((rgb, vector, done, logits.reshape(16, 8, -1)))
     return theta, window
 
@@ -312,7 +343,8 @@ def test_the_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
     half = torch.log(torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
     share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
     assert floor_only(hist, half, 1.0, 1.0, 2.0).item() == pytest.approx(
-        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
+        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5
+    )
     # past the window's dependence nothing more is paid
     sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
     kl = hand_kl([0.9, 0.1], [0.99, 0.01])
@@ -324,7 +356,8 @@ def test_the_floor_pays_phi_for_its_input_dependence_up_to_the_windows():
     torch.manual_seed(0)
     h, p = torch.randn(3, 4, 5) * 2, torch.randn(3, 4, 5)
     assert floor_only(h, p, 1.0, 1.0, 0.5).item() == pytest.approx(
-        floor_only(h.reshape(12, 5), p.reshape(12, 5), 1.0, 1.0, 0.5).item(), rel=1e-6)
+        floor_only(h.reshape(12, 5), p.reshape(12, 5), 1.0, 1.0, 0.5).item(), rel=1e-6
+    )
     # below the window's dependence, a gradient step on the floor raises phi's
     phi = (0.1 * torch.randn(64, 5)).requires_grad_()
     h = torch.randn(64, 5) * 3
@@ -340,15 +373,18 @@ def test_the_default_loss_is_the_push_plus_the_trust_term_minus_the_floor():
     share = hand_kl([0.7, 0.3], [0.5, 0.5]) / mi_hist
     # at the phase start (phi = phi_start) the trust term is zero: the capped push and the floor remain
     assert reverse_distillation_loss(hist, half, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
-        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5)
+        -hand_kl([0.9, 0.1], [0.7, 0.3]) - 2.0 * share, rel=1e-5
+    )
     # away from the start, beta * KL(start || phi) is added; a phi as input-dependent as the window is paid all
     sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
     assert reverse_distillation_loss(hist, sharp, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
-        -hand_kl([0.9, 0.1], [0.99, 0.01]) + 0.5 * hand_kl([0.7, 0.3], [0.99, 0.01]) - 2.0, rel=1e-5)
+        -hand_kl([0.9, 0.1], [0.99, 0.01]) + 0.5 * hand_kl([0.7, 0.3], [0.99, 0.01]) - 2.0, rel=1e-5
+    )
     # an input-independent phi is paid nothing: the loss is then the push and the trust term alone
     uniform = torch.zeros(2, 2)
     assert reverse_distillation_loss(hist, uniform, half, 1.0, 1.0, 0.5, 2.0).item() == pytest.approx(
-        -hand_kl([0.9, 0.1], [0.5, 0.5]) + 0.5 * hand_kl([0.7, 0.3], [0.5, 0.5]), rel=1e-5)
+        -hand_kl([0.9, 0.1], [0.5, 0.5]) + 0.5 * hand_kl([0.7, 0.3], [0.5, 0.5]), rel=1e-5
+    )
 
 
 def test_the_default_reverse_loss_keeps_phi_alive_where_the_literal_one_collapses():
@@ -368,47 +404,223 @@ def test_the_default_reverse_loss_keeps_phi_alive_where_the_literal_one_collapse
 RECORDED_INPUTS = torch.arange(60, dtype=torch.float32)
 RECORDED_HIST = (3 * torch.sin(0.7 * RECORDED_INPUTS)).reshape(3, 4, 5)  # (T, B, A): 4 of 12 rows past a cap of 1
 RECORDED_START = torch.sin(0.37 * RECORDED_INPUTS + 1.0).reshape(3, 4, 5)
-RECORDED_LOSS = {"trust-floor": -0.836236298, "capped-kl": -0.781032145, "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, "
-                 "lambda 0.8": -1.000129223, "capped-kl eta_r 1.5, kl_cap 0.7": -0.892877936}
-RECORDED_GRAD = {"trust-floor": [
-    -0.028484102, -0.03788954, -0.011135606, 0.002275012, 0.075234234, -0.084030114, -0.028893549, -0.006216546,
-    0.016963309, 0.10217689, -0.028424058, -0.009518011, -0.008469777, 0.007989796, 0.038422056, -0.041120999,
-    -0.011641487, -0.011914909, 0.017726604, 0.046950795, -0.006908042, -0.015773039, -0.010018235, 0.027526934,
-    0.00517239, -0.003124006, -0.010868164, -0.006545575, 0.036037624, -0.015499882, 0.03003281, -0.00521045,
-    -0.009447852, 0.01408829, -0.029462796, 0.008170446, -0.013790656, 0.001802518, 0.017864013, -0.014046324,
-    0.005539028, -0.013637911, -0.009461131, -0.017864734, 0.03542475, 0.019283436, -0.004746964, -0.012553689,
-    -0.045044743, 0.04306196, 0.020046715, -0.008124664, -0.029844277, -0.088218644, 0.106140874, -0.00977945,
-    -0.013288826, -0.033912029, -0.014906425, 0.071886726], "capped-kl": [
-    0, 0, 0, 0, 0, -0.030452017, -0.00391483, 0.001589136, 0.00527095, 0.027506772, 0, 0, 0, 0, 0, -0.03235019,
-    -0.002704466, 0.000554851, 0.005556302, 0.028943514, 0, 0, 0, 0, 0, -0.017451068, -0.001143698, 0.002123553,
-    0.010591151, 0.005880058, 0, 0, 0, 0, 0, -0.007798662, 0.001378048, 0.01386331, 0.013254251, -0.020696947, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0.009505037, 0.00169231, -0.00592829, -0.044597492, 0.039328434, 0, 0, 0, 0, 0],
+RECORDED_LOSS = {
+    "trust-floor": -0.836236298,
+    "capped-kl": -0.781032145,
+    "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8": -1.000129223,
+    "capped-kl eta_r 1.5, kl_cap 0.7": -0.892877936,
+}
+RECORDED_GRAD = {
+    "trust-floor": [
+        -0.028484102,
+        -0.03788954,
+        -0.011135606,
+        0.002275012,
+        0.075234234,
+        -0.084030114,
+        -0.028893549,
+        -0.006216546,
+        0.016963309,
+        0.10217689,
+        -0.028424058,
+        -0.009518011,
+        -0.008469777,
+        0.007989796,
+        0.038422056,
+        -0.041120999,
+        -0.011641487,
+        -0.011914909,
+        0.017726604,
+        0.046950795,
+        -0.006908042,
+        -0.015773039,
+        -0.010018235,
+        0.027526934,
+        0.00517239,
+        -0.003124006,
+        -0.010868164,
+        -0.006545575,
+        0.036037624,
+        -0.015499882,
+        0.03003281,
+        -0.00521045,
+        -0.009447852,
+        0.01408829,
+        -0.029462796,
+        0.008170446,
+        -0.013790656,
+        0.001802518,
+        0.017864013,
+        -0.014046324,
+        0.005539028,
+        -0.013637911,
+        -0.009461131,
+        -0.017864734,
+        0.03542475,
+        0.019283436,
+        -0.004746964,
+        -0.012553689,
+        -0.045044743,
+        0.04306196,
+        0.020046715,
+        -0.008124664,
+        -0.029844277,
+        -0.088218644,
+        0.106140874,
+        -0.00977945,
+        -0.013288826,
+        -0.033912029,
+        -0.014906425,
+        0.071886726,
+    ],
+    "capped-kl": [
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.030452017,
+        -0.00391483,
+        0.001589136,
+        0.00527095,
+        0.027506772,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.03235019,
+        -0.002704466,
+        0.000554851,
+        0.005556302,
+        0.028943514,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.017451068,
+        -0.001143698,
+        0.002123553,
+        0.010591151,
+        0.005880058,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.007798662,
+        0.001378048,
+        0.01386331,
+        0.013254251,
+        -0.020696947,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0.009505037,
+        0.00169231,
+        -0.00592829,
+        -0.044597492,
+        0.039328434,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ],
     "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8": [
-    -0.014869571, -0.014465068, -0.002697553, 0.00240407, 0.029628126, -0.068952963, -0.01458215, 0.000587393,
-    0.013424049, 0.069523677, -0.014391096, -0.003114262, -0.002054193, 0.004782424, 0.014777127, -0.054330342,
-    -0.00655175, -0.002448972, 0.014776568, 0.048554502, -0.002467477, -0.004364413, -0.002549514, 0.011335819,
-    -0.001954413, -0.020312835, -0.004209734, 0.001045418, 0.026434567, -0.002957408, 0.011559207, -0.001133251,
-    -0.002389361, 0.005982846, -0.014019445, -0.004069347, -0.002053502, 0.017533841, 0.02045472, -0.031865712,
-    0.004400198, -0.003645656, -0.002715899, -0.009644934, 0.011606289, 0.008232955, -0.000937765, -0.004137573,
-    -0.020588681, 0.017431064, 0.005262849, -0.00239037, -0.008518675, -0.020824917, 0.026471114, -0.001138733,
-    -0.003331871, -0.013369647, -0.010420403, 0.028260645]}
+        -0.014869571,
+        -0.014465068,
+        -0.002697553,
+        0.00240407,
+        0.029628126,
+        -0.068952963,
+        -0.01458215,
+        0.000587393,
+        0.013424049,
+        0.069523677,
+        -0.014391096,
+        -0.003114262,
+        -0.002054193,
+        0.004782424,
+        0.014777127,
+        -0.054330342,
+        -0.00655175,
+        -0.002448972,
+        0.014776568,
+        0.048554502,
+        -0.002467477,
+        -0.004364413,
+        -0.002549514,
+        0.011335819,
+        -0.001954413,
+        -0.020312835,
+        -0.004209734,
+        0.001045418,
+        0.026434567,
+        -0.002957408,
+        0.011559207,
+        -0.001133251,
+        -0.002389361,
+        0.005982846,
+        -0.014019445,
+        -0.004069347,
+        -0.002053502,
+        0.017533841,
+        0.02045472,
+        -0.031865712,
+        0.004400198,
+        -0.003645656,
+        -0.002715899,
+        -0.009644934,
+        0.011606289,
+        0.008232955,
+        -0.000937765,
+        -0.004137573,
+        -0.020588681,
+        0.017431064,
+        0.005262849,
+        -0.00239037,
+        -0.008518675,
+        -0.020824917,
+        0.026471114,
+        -0.001138733,
+        -0.003331871,
+        -0.013369647,
+        -0.010420403,
+        0.028260645,
+    ],
+}
 
 
-@pytest.mark.parametrize("case, flags", [
-    ("trust-floor", {}),  # the defaults
-    ("capped-kl", {"reverse_trust": 0.0, "reverse_floor": 0.0}),
-    ("trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8",
-     {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.3, "reverse_floor": 0.8}),
-    ("capped-kl eta_r 1.5, kl_cap 0.7", {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.0, "reverse_floor": 0.0}),
-])
+@pytest.mark.parametrize(
+    "case, flags",
+    [
+        ("trust-floor", {}),  # the defaults
+        ("capped-kl", {"reverse_trust": 0.0, "reverse_floor": 0.0}),
+        (
+            "trust-floor eta_r 1.5, kl_cap 0.7, beta 0.3, lambda 0.8",
+            {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.3, "reverse_floor": 0.8},
+        ),
+        ("capped-kl eta_r 1.5, kl_cap 0.7", {"eta_r": 1.5, "kl_cap": 0.7, "reverse_trust": 0.0, "reverse_floor": 0.0}),
+    ],
+)
 def test_the_reverse_loss_gives_the_recorded_values_and_gradients(case, flags):
     defaults = Args()
     assert (defaults.eta_r, defaults.kl_cap, defaults.reverse_trust, defaults.reverse_floor) == (1.0, 1.0, 1.0, 2.0)
     args = Args(**flags)
     phi = (2 * torch.cos(1.3 * RECORDED_INPUTS)).reshape(3, 4, 5).requires_grad_()
     start = RECORDED_START if args.reverse_trust else None  # as distill: no phi_start without the trust term
-    value = reverse_distillation_loss(RECORDED_HIST, phi, start, args.eta_r, args.kl_cap, args.reverse_trust,
-                                      args.reverse_floor)
+    value = reverse_distillation_loss(
+        RECORDED_HIST, phi, start, args.eta_r, args.kl_cap, args.reverse_trust, args.reverse_floor
+    )
     value.backward()
     assert value.item() == pytest.approx(RECORDED_LOSS[case], rel=1e-6)
     if case in RECORDED_GRAD:

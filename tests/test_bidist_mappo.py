@@ -1,28 +1,52 @@
 """bidist_mappo.py end to end, in subprocesses with tiny sizes."""
+
 import os
 
 import pytest
 import torch
-
-from bidist_mappo import Args, check_reverse_objective
 from conftest import run_script, spawned_workers
 from test_mappo import error_line, only_run_dir, scalars
+
+from bidist_mappo import Args, check_reverse_objective
 
 
 @pytest.mark.slow
 def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tiny_flags):
     before = spawned_workers()
-    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96",
-                        "--checkpoint-every", "1", "--snapshot-every", "2", cwd=tmp_path)
+    result = run_script(
+        "bidist_mappo.py",
+        *tiny_flags,
+        "--kd",
+        "1",
+        "--total-timesteps",
+        "96",
+        "--checkpoint-every",
+        "1",
+        "--snapshot-every",
+        "2",
+        cwd=tmp_path,
+    )
     out = result.stdout
     assert "distill forward at iter 1" in out and "distill reverse at iter 2" in out and "distill forward at iter 3" in out
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
     assert "(ratio " in out.split("distill reverse at iter 2")[1].splitlines()[0]
-    for tag in ["distill/direction", "distill/kl_before", "distill/kl_after", "distill/phi_entropy",
-                "distill/theta_entropy", "distill/phi_logp_ratio", "distill/kl_after_forward",
-                "distill/kl_after_reverse", "distill/phi_input_dependence", "mixed/fictitious_fraction", "mixed/episodic_return_all",
-                "charts/episodic_return", "losses/policy_loss", "charts/time_distill"]:
+    for tag in [
+        "distill/direction",
+        "distill/kl_before",
+        "distill/kl_after",
+        "distill/phi_entropy",
+        "distill/theta_entropy",
+        "distill/phi_logp_ratio",
+        "distill/kl_after_forward",
+        "distill/kl_after_reverse",
+        "distill/phi_input_dependence",
+        "mixed/fictitious_fraction",
+        "mixed/episodic_return_all",
+        "charts/episodic_return",
+        "losses/policy_loss",
+        "charts/time_distill",
+    ]:
         assert tag in logged, tag
     assert [value for _, value in logged["distill/direction"]] == [1, -1, 1]
     assert all(0 < share < 1 for _, share in logged["charts/time_distill"]), "a phase every iteration here"
@@ -43,8 +67,7 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     assert snapshot["actor"].keys() == checkpoint["phi"].keys()
 
     # --resume continues the schedule: iteration 4 is a reverse phase, 5 a forward one
-    result = run_script("bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160",
-                        cwd=tmp_path)
+    result = run_script("bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "160", cwd=tmp_path)
     assert "iter 4/5" in result.stdout and "distill reverse at iter 4" in result.stdout
     assert "distill forward at iter 5" in result.stdout and only_run_dir(tmp_path) == run_dir
     checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
@@ -57,19 +80,39 @@ def test_smoke_run_distils_every_iteration_checkpoints_and_resumes(tmp_path, tin
     checkpoint["args"]["reverse_objective"] = "jsd"
     torch.save(checkpoint, tmp_path / "old.pt")
     line = error_line(run_script("bidist_mappo.py", "--resume", "old.pt", cwd=tmp_path, check=False))
-    assert line == ("error: --resume old.pt was trained with --reverse-objective jsd, which this script no longer has "
-                    "(commit ebf3ba5 does); it resumes capped-kl, trust-region, mi-floor and trust-floor")
+    assert line == (
+        "error: --resume old.pt was trained with --reverse-objective jsd, which this script no longer has "
+        "(commit ebf3ba5 does); it resumes capped-kl, trust-region, mi-floor and trust-floor"
+    )
     checkpoint["args"]["reverse_objective"] = "capped-kl"
     torch.save(checkpoint, tmp_path / "old.pt")
     line = error_line(run_script("bidist_mappo.py", "--resume", "old.pt", cwd=tmp_path, check=False))
-    assert line == ("error: --resume old.pt was trained with --reverse-objective capped-kl; resume it with "
-                    "--reverse-trust 0 --reverse-floor 0, today's form of that loss")
+    assert line == (
+        "error: --resume old.pt was trained with --reverse-objective capped-kl; resume it with "
+        "--reverse-trust 0 --reverse-floor 0, today's form of that loss"
+    )
 
 
 @pytest.mark.slow
 def test_ablation_and_p_zero_run(tmp_path, tiny_flags):
-    result = run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "96", "--p", "0",
-                        "--no-forward", "--phi-init", "random", "--reverse-trust", "0", "--reverse-floor", "0", cwd=tmp_path)
+    result = run_script(
+        "bidist_mappo.py",
+        *tiny_flags,
+        "--kd",
+        "1",
+        "--total-timesteps",
+        "96",
+        "--p",
+        "0",
+        "--no-forward",
+        "--phi-init",
+        "random",
+        "--reverse-trust",
+        "0",
+        "--reverse-floor",
+        "0",
+        cwd=tmp_path,
+    )
     assert "distill forward" not in result.stdout and "distill reverse at iter 2" in result.stdout
     logged = scalars(only_run_dir(tmp_path))
     assert [value for _, value in logged["mixed/fictitious_fraction"]] == [0.0, 0.0, 0.0]
@@ -83,8 +126,7 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
     (Adam's first step on a zero gradient is zero): theta after the update with the reset, and its
     initial copy of theta, which the update has moved away from, without."""
     flags = [] if reset else ["--no-reset-phi"]
-    run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "32", "--eta-f", "0", *flags,
-               cwd=tmp_path)
+    run_script("bidist_mappo.py", *tiny_flags, "--kd", "1", "--total-timesteps", "32", "--eta-f", "0", *flags, cwd=tmp_path)
     checkpoint = torch.load(f"{only_run_dir(tmp_path)}/checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 1 and checkpoint["last_phase"] == "forward"
     same = all(torch.equal(checkpoint["phi"][k], checkpoint["actor"][k]) for k in checkpoint["actor"])
@@ -105,8 +147,10 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
         (["--reverse-trust", "-1"], "error: --reverse-trust must be >= 0, got -1.0"),
         (["--reverse-floor", "-2"], "error: --reverse-floor must be >= 0, got -2.0"),
         (["--snapshot-every", "-1"], "error: --snapshot-every must be >= 0, got -1"),
-        (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; "
-                                       "close matches: clean_up"),
+        (
+            ["--substrate", "clean_upp"],
+            "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
+        ),
     ],
 )
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
@@ -114,14 +158,22 @@ def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
     assert line == expected
 
 
-@pytest.mark.parametrize("objective, flags, refused", [
-    ("trust-floor", {}, False), ("trust-floor", {"reverse_trust": 0.0}, False),
-    ("capped-kl", {}, True), ("capped-kl", {"reverse_trust": 0.0}, True),
-    ("capped-kl", {"reverse_trust": 0.0, "reverse_floor": 0.0}, False),
-    ("trust-region", {}, True), ("trust-region", {"reverse_floor": 0.0}, False),
-    ("mi-floor", {}, True), ("mi-floor", {"reverse_trust": 0.0}, False),
-    ("shift", {"reverse_trust": 0.0, "reverse_floor": 0.0}, True), (None, {}, False),
-])
+@pytest.mark.parametrize(
+    "objective, flags, refused",
+    [
+        ("trust-floor", {}, False),
+        ("trust-floor", {"reverse_trust": 0.0}, False),
+        ("capped-kl", {}, True),
+        ("capped-kl", {"reverse_trust": 0.0}, True),
+        ("capped-kl", {"reverse_trust": 0.0, "reverse_floor": 0.0}, False),
+        ("trust-region", {}, True),
+        ("trust-region", {"reverse_floor": 0.0}, False),
+        ("mi-floor", {}, True),
+        ("mi-floor", {"reverse_trust": 0.0}, False),
+        ("shift", {"reverse_trust": 0.0, "reverse_floor": 0.0}, True),
+        (None, {}, False),
+    ],
+)
 def test_an_old_checkpoints_reverse_objective_resumes_only_as_todays_loss(objective, flags, refused):
     saved = {} if objective is None else {"reverse_objective": objective}
     args = Args(**flags)
@@ -133,10 +185,14 @@ def test_an_old_checkpoints_reverse_objective_resumes_only_as_todays_loss(object
 
 
 def test_a_mappo_checkpoint_is_refused(tmp_path):
-    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "actor": {},
-             "args": {"substrate": "coins", "downsample": True, "hidden_size": 128}}
+    saved = {
+        "algorithm": "mappo",
+        "substrate": "coins",
+        "run_name": "x",
+        "actor": {},
+        "args": {"substrate": "coins", "downsample": True, "hidden_size": 128},
+    }
     torch.save(saved, tmp_path / "mappo.pt")
     line = error_line(run_script("bidist_mappo.py", "--resume", "mappo.pt", cwd=tmp_path, check=False))
-    assert line == ("error: --resume mappo.pt is a mappo checkpoint; "
-                    "this script resumes only bidist_mappo checkpoints")
+    assert line == ("error: --resume mappo.pt is a mappo checkpoint; this script resumes only bidist_mappo checkpoints")
     assert not os.path.exists(tmp_path / "runs")

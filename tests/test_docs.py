@@ -38,7 +38,6 @@ import shlex
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 import pytest
 
@@ -93,6 +92,7 @@ def shown_commands(path):
 
 # ---------------------------------------------------------------------------------------------
 # Parsing, in this process for today's scripts and in a subprocess for a commit's (parse_all)
+
 
 def load_script(root, relative):
     """The module of script `relative` in `root`, imported under a name of its own without running its main."""
@@ -152,7 +152,10 @@ def parse_command(root, script, argv, copies):
             if not os.path.isfile(os.path.join(root, method)):
                 facts["error"] = f"--methods {spec!r}: no script {method}"
                 return facts
-            for flags, what in ((words[1:], f"--methods {spec!r}"), (shlex.split(getattr(args, "train_flags", "")), "--train-flags")):
+            for flags, what in (
+                (words[1:], f"--methods {spec!r}"),
+                (shlex.split(getattr(args, "train_flags", "")), "--train-flags"),
+            ):
                 _, error = tyro_parse(load_script(root, method).Args, flags)
                 if error:
                     facts["error"] = f"{what}, parsed by {method}: {error}"
@@ -177,10 +180,16 @@ def melting_pot_names():
 def problems(where, facts, names):
     substrates, scenarios = names
     found = [facts["error"]] if facts["error"] else []
-    found += [f"--substrate {s!r} is not a Melting Pot substrate" for s in facts["substrates"]
-              if s not in substrates and not PLACEHOLDER.search(s)]
-    found += [f"--scenarios {s!r} is neither a scenario nor a substrate" for s in facts["scenarios"]
-              if s not in scenarios | substrates and not PLACEHOLDER.search(s)]
+    found += [
+        f"--substrate {s!r} is not a Melting Pot substrate"
+        for s in facts["substrates"]
+        if s not in substrates and not PLACEHOLDER.search(s)
+    ]
+    found += [
+        f"--scenarios {s!r} is neither a scenario nor a substrate"
+        for s in facts["scenarios"]
+        if s not in scenarios | substrates and not PLACEHOLDER.search(s)
+    ]
     return [f"{where}: {p}" for p in found]
 
 
@@ -198,9 +207,15 @@ def all_commands(history):
 # ---------------------------------------------------------------------------------------------
 # The tests
 
+
 def test_site_builds(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout[-3000:]}{result.stderr[-5000:]}"
 
 
@@ -229,11 +244,14 @@ def test_history_commands_parse_at_their_commit(melting_pot_names, tmp_path):
             members = [m for m in tar.getmembers() if m.name.endswith(".py")]
             tar.extractall(tree, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         out = tmp_path / f"{commit}.json"
-        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_docs; "
-                "json.dump(test_docs.parse_all(sys.argv[2], json.loads(sys.argv[3])), open(sys.argv[4], 'w'))")
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import test_docs; "
+            "json.dump(test_docs.parse_all(sys.argv[2], json.loads(sys.argv[3])), open(sys.argv[4], 'w'))"
+        )
         jobs = json.dumps([(script, argv, copies) for _, script, argv, _, copies in commands])
-        result = subprocess.run([sys.executable, "-c", code, HERE, str(tree), jobs, str(out)], cwd=tree,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", code, HERE, str(tree), jobs, str(out)], cwd=tree, capture_output=True, text=True
+        )
         assert result.returncode == 0, f"parsing the commands at {commit} failed:\n{result.stderr[-3000:]}"
         with open(out) as f:
             for (where, *_), facts in zip(commands, json.load(f)):

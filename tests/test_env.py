@@ -1,4 +1,5 @@
 """MeltingPotVecEnv against real substrates."""
+
 import os
 import signal
 import subprocess
@@ -6,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, spawned_workers
 
 import utils
-from conftest import ROOT, spawned_workers
 
 
 @pytest.mark.parametrize(
@@ -150,8 +151,9 @@ def test_a_prepared_environment_is_swapped_in_at_the_episode_end():
 
 def test_prepared_resets_keep_episodes_reproducible():
     def run(seed):
-        envs = utils.MeltingPotVecEnv("prisoners_dilemma_in_the_matrix__repeated", num_envs=2, seed=seed,
-                                      num_workers=2, max_episode_steps=10)
+        envs = utils.MeltingPotVecEnv(
+            "prisoners_dilemma_in_the_matrix__repeated", num_envs=2, seed=seed, num_workers=2, max_episode_steps=10
+        )
         try:
             frames, ends = [envs.reset()["world"]], []
             for t in range(30):

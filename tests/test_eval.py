@@ -1,4 +1,5 @@
 """The Melting Pot policy adapter (eval_scenarios.CheckpointPolicy) and eval_scenarios.py."""
+
 import glob
 import json
 import math
@@ -15,15 +16,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, TINY, run_script, spawned_workers
+from test_mappo import error_line
 
 import eval_scenarios
 import study
 import utils
 from bidist_mappo import Actor
-from conftest import ROOT, TINY, run_script, spawned_workers
-from test_mappo import error_line
-from eval_scenarios import (CheckpointPolicy, Target, check_bots, confidence_interval, custom_factory,
-                            markdown_table, read_normalise, resolve_scenarios, summarise)
+from eval_scenarios import (
+    CheckpointPolicy,
+    Target,
+    check_bots,
+    confidence_interval,
+    custom_factory,
+    markdown_table,
+    read_normalise,
+    resolve_scenarios,
+    summarise,
+)
 
 SUBSTRATE = "pure_coordination_in_the_matrix__repeated"
 
@@ -47,16 +57,19 @@ def save_fake_checkpoint(path, algorithm="bidist_mappo", hidden=16):
     with substrate.build(SUBSTRATE, roles=substrate.get_config(SUBSTRATE).default_player_roles) as env:
         spec = env.observation_spec()[0]
     keys = utils.permitted_keys(spec)
-    sizes = SimpleNamespace(rgb_shape=(5, 5, 3), vector_dim=sum(int(np.prod(spec[k].shape)) for k in keys),
-                            num_actions=8)
+    sizes = SimpleNamespace(rgb_shape=(5, 5, 3), vector_dim=sum(int(np.prod(spec[k].shape)) for k in keys), num_actions=8)
     args = SimpleNamespace(downsample=True, hidden_size=hidden)
     torch.manual_seed(0)
     theta, phi = Actor(sizes, args), Actor(sizes, args)
     with torch.no_grad():  # a policy head far from uniform, so that a wrong network shows
         theta.policy.weight.normal_(0, 1.0)
         phi.policy.weight.normal_(0, 1.0)
-    checkpoint = {"algorithm": algorithm, "substrate": SUBSTRATE, "args": {"downsample": True, "hidden_size": hidden},
-                  "actor": theta.state_dict()}
+    checkpoint = {
+        "algorithm": algorithm,
+        "substrate": SUBSTRATE,
+        "args": {"downsample": True, "hidden_size": hidden},
+        "actor": theta.state_dict(),
+    }
     if algorithm == "bidist_mappo":
         checkpoint["phi"] = phi.state_dict()
     torch.save(checkpoint, path)
@@ -127,9 +140,11 @@ def test_a_script_that_breaks_the_contract_is_named_with_what_it_lacks(tmp_path,
     save_fake_checkpoint(tmp_path / "c.pt", algorithm="broken_method", hidden=8)
     with pytest.raises(SystemExit) as error:
         CheckpointPolicy(str(tmp_path / "c.pt"))
-    assert str(error.value) == (f"error: --checkpoint {tmp_path / 'c.pt'} was written by broken_method.py, which breaks "
-                                f"the contract of a training script: no Args.snapshot_every, Actor.get_states (see "
-                                f"docs/add-your-own-method.md)")
+    assert str(error.value) == (
+        f"error: --checkpoint {tmp_path / 'c.pt'} was written by broken_method.py, which breaks "
+        f"the contract of a training script: no Args.snapshot_every, Actor.get_states (see "
+        f"docs/add-your-own-method.md)"
+    )
 
 
 def test_adapter_refuses_foreign_files(tmp_path):
@@ -140,9 +155,11 @@ def test_adapter_refuses_foreign_files(tmp_path):
     with pytest.raises(SystemExit) as error:
         CheckpointPolicy(str(tmp_path / "other.pt"), flag="--background")
     scripts = ", ".join(f"{s}.py" for s in eval_scenarios.algorithm_scripts())
-    assert str(error.value) == (f"error: --background {tmp_path / 'other.pt'} was written by elsewhere_mappo.py, which "
-                                f"is not a training script here (no such file in the project folder); training scripts: "
-                                f"{scripts} (the contract: docs/add-your-own-method.md)")
+    assert str(error.value) == (
+        f"error: --background {tmp_path / 'other.pt'} was written by elsewhere_mappo.py, which "
+        f"is not a training script here (no such file in the project folder); training scripts: "
+        f"{scripts} (the contract: docs/add-your-own-method.md)"
+    )
     assert "mappo.py" in scripts and "bidist_mappo.py" in scripts
     torch.save({"algorithm": "utils", **complete}, tmp_path / "utils.pt")  # a file here, but no training script
     with pytest.raises(SystemExit, match=r"was written by utils.py, which is not a training script here \(it defines no"):
@@ -169,16 +186,27 @@ def test_a_crafted_checkpoint_runs_no_code_on_any_load_path(tmp_path, cooking_ch
     each refuses it in one line naming the flag and the foreign object, and nothing ran."""
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pt"
-    torch.save({"algorithm": "mappo", "substrate": SUBSTRATE, "args": {"downsample": True, "hidden_size": 16},
-                "actor": RunsCodeOnLoad(str(marker))}, evil)
+    torch.save(
+        {
+            "algorithm": "mappo",
+            "substrate": SUBSTRATE,
+            "args": {"downsample": True, "hidden_size": 16},
+            "actor": RunsCodeOnLoad(str(marker)),
+        },
+        evil,
+    )
     with pytest.raises(SystemExit) as error:
         CheckpointPolicy(str(evil), flag="--background")
-    assert str(error.value) == (f"error: --background {evil} holds objects other than tensors and plain values "
-                                f"(io.open); refused, since loading it could run code")
+    assert str(error.value) == (
+        f"error: --background {evil} holds objects other than tensors and plain values "
+        f"(io.open); refused, since loading it could run code"
+    )
     assert not marker.exists()
-    for script, flags in [("eval_scenarios.py", ["--checkpoint", cooking_checkpoint, "--background", "evil.pt"]),
-                          ("eval_scenarios.py", ["--checkpoint", "evil.pt"]),
-                          ("mappo.py", [*TINY, "--resume", "evil.pt"])]:
+    for script, flags in [
+        ("eval_scenarios.py", ["--checkpoint", cooking_checkpoint, "--background", "evil.pt"]),
+        ("eval_scenarios.py", ["--checkpoint", "evil.pt"]),
+        ("mappo.py", [*TINY, "--resume", "evil.pt"]),
+    ]:
         result = run_script(script, *flags, cwd=tmp_path, check=False)
         assert "evil.pt holds objects other than tensors and plain values (io.open)" in error_line(result)
         assert not marker.exists(), script
@@ -192,12 +220,17 @@ def test_an_incomplete_or_foreign_checkpoint_gets_one_line(tmp_path):
     torch.save({"algorithm": "mappo", "substrate": SUBSTRATE, "args": {"seed": 1}, "actor": {}}, incomplete)
     with pytest.raises(SystemExit) as error:
         CheckpointPolicy(str(incomplete), flag="--background")
-    assert str(error.value) == f"error: --background {incomplete} is not a complete checkpoint: no args.downsample, args.hidden_size"
+    assert (
+        str(error.value)
+        == f"error: --background {incomplete} is not a complete checkpoint: no args.downsample, args.hidden_size"
+    )
     torch.save({"algorithm": "mappo", "substrate": SUBSTRATE}, incomplete)
     with pytest.raises(SystemExit, match="is not a complete checkpoint: no args, actor$"):
         CheckpointPolicy(str(incomplete))
-    torch.save({"algorithm": "mappo", "substrate": "clean_upp", "args": {"downsample": True, "hidden_size": 16},
-                "actor": {}}, incomplete)
+    torch.save(
+        {"algorithm": "mappo", "substrate": "clean_upp", "args": {"downsample": True, "hidden_size": 16}, "actor": {}},
+        incomplete,
+    )
     with pytest.raises(SystemExit, match="names 'clean_upp', which is not a Melting Pot substrate"):
         CheckpointPolicy(str(incomplete))
     # the right keys, the wrong weights: mappo.py's network at hidden size 16 does not take these
@@ -205,14 +238,18 @@ def test_an_incomplete_or_foreign_checkpoint_gets_one_line(tmp_path):
     checkpoint = torch.load(incomplete, weights_only=True)
     checkpoint["args"]["hidden_size"] = 32
     torch.save(checkpoint, incomplete)
-    with pytest.raises(SystemExit, match=r"its actor does not fit mappo.py's network on pure_coordination_in_the_matrix__repeated \(Error"):
+    with pytest.raises(
+        SystemExit, match=r"its actor does not fit mappo.py's network on pure_coordination_in_the_matrix__repeated \(Error"
+    ):
         CheckpointPolicy(str(incomplete), flag="--background")
     # an exported population evaluates but is not a training state; a truncated checkpoint is unreadable
     save_fake_checkpoint(incomplete, algorithm="mappo", hidden=16)
     line = error_line(run_script("mappo.py", "--resume", str(incomplete), "--hidden-size", "16", cwd=tmp_path, check=False))
-    assert line == (f"error: --resume {incomplete} holds no training state (run_name, iteration, global_step, critic, "
-                    f"value_norm, optimizer, rng missing): a population exported by study.py --results evaluates but "
-                    f"cannot be resumed")
+    assert line == (
+        f"error: --resume {incomplete} holds no training state (run_name, iteration, global_step, critic, "
+        f"value_norm, optimizer, rng missing): a population exported by study.py --results evaluates but "
+        f"cannot be resumed"
+    )
     data = incomplete.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(SystemExit, match=r"truncated.pt is not a readable checkpoint \(\w+\)$"):
@@ -277,9 +314,14 @@ def test_missing_bots_give_one_line_errors(monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
-    with pytest.raises(SystemExit, match="error: scenario clean_up_0 has Melting Pot bots, which need TensorFlow: "
-                                         "run `make bots`.*collaborative_cooking__asymmetric_2"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        SystemExit,
+        match="error: scenario clean_up_0 has Melting Pot bots, which need TensorFlow: "
+        "run `make bots`.*collaborative_cooking__asymmetric_2",
+    ):
         check_bots(["clean_up_0"])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.setattr(os.path, "exists", lambda path: False)
@@ -290,8 +332,13 @@ def test_missing_bots_give_one_line_errors(monkeypatch):
 
 def test_scenario_names_resolve_and_mismatches_are_refused():
     assert resolve_scenarios(["collaborative_cooking__asymmetric"], "collaborative_cooking__asymmetric", "c.pt") == [
-        "collaborative_cooking__asymmetric_0", "collaborative_cooking__asymmetric_1", "collaborative_cooking__asymmetric_2"]
-    with pytest.raises(SystemExit, match="error: scenario clean_up_0 is on substrate clean_up, but --checkpoint c.pt was trained on coins"):
+        "collaborative_cooking__asymmetric_0",
+        "collaborative_cooking__asymmetric_1",
+        "collaborative_cooking__asymmetric_2",
+    ]
+    with pytest.raises(
+        SystemExit, match="error: scenario clean_up_0 is on substrate clean_up, but --checkpoint c.pt was trained on coins"
+    ):
         resolve_scenarios(["clean_up_0"], "coins", "c.pt")
     with pytest.raises(SystemExit, match="error: --scenarios 'clean_upp_0' is neither .*close matches: clean_up_0"):
         resolve_scenarios(["clean_upp_0"], "clean_up", "c.pt")
@@ -315,13 +362,32 @@ def cooking_checkpoint(cooking_checkpoints):
 
 @pytest.mark.slow
 def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
-    result = run_script("eval_scenarios.py", "--checkpoint", cooking_checkpoint, "--scenarios",
-                        "collaborative_cooking__asymmetric_2", "--num-episodes", "2", "--num-workers", "2",
-                        "--output", "out/results", "--video", "videos", cwd=tmp_path)
+    result = run_script(
+        "eval_scenarios.py",
+        "--checkpoint",
+        cooking_checkpoint,
+        "--scenarios",
+        "collaborative_cooking__asymmetric_2",
+        "--num-episodes",
+        "2",
+        "--num-workers",
+        "2",
+        "--output",
+        "out/results",
+        "--video",
+        "videos",
+        cwd=tmp_path,
+    )
     assert "| collaborative_cooking__asymmetric_2 | 2 |" in result.stdout
     table = pd.read_csv(tmp_path / "out/results.csv")
-    assert list(table.columns) == ["scenario", "substrate", "episodes", "focal_per_capita_return", "ci95",
-                                   "background_per_capita_return"]
+    assert list(table.columns) == [
+        "scenario",
+        "substrate",
+        "episodes",
+        "focal_per_capita_return",
+        "ci95",
+        "background_per_capita_return",
+    ]
     report = json.load(open(tmp_path / "out/results.json"))
     (scenario,) = report["results"]
     episodes = scenario["episode_results"]
@@ -356,8 +422,10 @@ def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
     [
         (["--checkpoint", "none.pt"], "error: --checkpoint none.pt: no such file"),
         (["--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
-        (["--num-focal", "2", "--background", "CKPT"], "error: --num-focal 2 leaves no background slot; "
-                                                       "collaborative_cooking__asymmetric has 2 players (valid: 1 to 1)"),
+        (
+            ["--num-focal", "2", "--background", "CKPT"],
+            "error: --num-focal 2 leaves no background slot; collaborative_cooking__asymmetric has 2 players (valid: 1 to 1)",
+        ),
         (["--scenarios", "clean_up_0"], "error: scenario clean_up_0 is on substrate clean_up, but --checkpoint"),
         (["--normalise", "missing.csv"], "error: --normalise missing.csv is not a readable CSV"),
         (["--device", "gpu"], "error: --device 'gpu' is not a torch device; valid: cpu, cuda, cuda:N"),
@@ -374,7 +442,9 @@ def test_bad_input_gets_one_line_errors(tmp_path, cooking_checkpoint, flags, exp
 def test_summary_normalises_and_the_table_shows_it(tmp_path):
     (tmp_path / "ref.csv").write_text("scenario,min,max\nx_0,1.0,5.0\n")
     normalise = read_normalise(str(tmp_path / "ref.csv"))
-    episodes = [{"focal_per_capita_return": r, "background_per_capita_return": b} for r, b in [(2.0, 1.0), (4.0, float("nan"))]]
+    episodes = [
+        {"focal_per_capita_return": r, "background_per_capita_return": b} for r, b in [(2.0, 1.0), (4.0, float("nan"))]
+    ]
     summary = summarise(Target("x_0", "x"), episodes, normalise)
     assert summary["focal_per_capita_return"] == 3.0 and summary["normalised"] == pytest.approx(0.5)
     assert summary["background_per_capita_return"] == 1.0
@@ -402,8 +472,9 @@ if __name__ == "__main__":
 
 def test_evaluation_workers_die_with_a_killed_parent(tmp_path):
     before = spawned_workers()
-    result = subprocess.run([sys.executable, "-c", KILLED_PARENT, ROOT], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_PARENT, ROOT], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == -signal.SIGKILL and "ready" in result.stdout, result.stderr
     deadline = time.time() + 15
     while spawned_workers() - before and time.time() < deadline:

@@ -1,14 +1,15 @@
 """What fsp_mappo.py adds to MAPPO (the pool of past selves), its functions and a run end to end.
 The mask and the masked PPO loss are tested for every mixed-play script in tests/test_algorithm.py."""
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_script, spawned_workers
-from eval_scenarios import CheckpointPolicy
-from fsp_mappo import Actor, Args, pool_action, pool_probabilities
 from test_algorithm import FakeEnvs
 from test_mappo import error_line, only_run_dir, scalars
+
+from eval_scenarios import CheckpointPolicy
+from fsp_mappo import Actor, Args, pool_action, pool_probabilities
 
 
 def test_pool_probabilities_against_hand_computations():
@@ -16,11 +17,13 @@ def test_pool_probabilities_against_hand_computations():
     np.testing.assert_allclose(pool_probabilities([None, 0.3, 0.1], "latest"), [0, 0, 1])
     # prioritised: x = min-max normalised score, unplayed x = 0; weight (1 - x)^2 + 0.05
     # scores [None, 0, 1, 0.5] -> x [0, 0, 1, 0.5] -> weights [1.05, 1.05, 0.05, 0.3], sum 2.45
-    np.testing.assert_allclose(pool_probabilities([None, 0.0, 1.0, 0.5], "prioritised"),
-                               np.array([1.05, 1.05, 0.05, 0.3]) / 2.45)
+    np.testing.assert_allclose(
+        pool_probabilities([None, 0.0, 1.0, 0.5], "prioritised"), np.array([1.05, 1.05, 0.05, 0.3]) / 2.45
+    )
     # scale-free, and equal scores (or none played yet) give the uniform draw
-    np.testing.assert_allclose(pool_probabilities([None, 10.0, 30.0, 20.0], "prioritised"),
-                               np.array([1.05, 1.05, 0.05, 0.3]) / 2.45)
+    np.testing.assert_allclose(
+        pool_probabilities([None, 10.0, 30.0, 20.0], "prioritised"), np.array([1.05, 1.05, 0.05, 0.3]) / 2.45
+    )
     np.testing.assert_allclose(pool_probabilities([2.0, 2.0], "prioritised"), [0.5, 0.5])
     np.testing.assert_allclose(pool_probabilities([None], "prioritised"), [1.0])
 
@@ -52,21 +55,40 @@ def test_each_pool_row_plays_its_own_snapshot_and_theta_keeps_its_log_probs():
     assert (new_pool_state[0][:, [0, 4]] == 7.0).all() and (new_pool_state[0][:, [1, 2, 3]] != 7.0).all()
     assert (new_pool_state[1][:, [0, 4]] == -3.0).all() and (new_pool_state[1][:, [1, 2, 3]] != -3.0).all()
     assert (pool_state[0] == 7.0).all() and (pool_state[1] == -3.0).all(), "the caller's state is not changed in place"
-    _, _, _, _, snapshot_state = pool[1].get_action(rgb[2:3], vector[2:3], (pool_state[0][:, 2:3], pool_state[1][:, 2:3]),
-                                                    done[2:3])
+    _, _, _, _, snapshot_state = pool[1].get_action(
+        rgb[2:3], vector[2:3], (pool_state[0][:, 2:3], pool_state[1][:, 2:3]), done[2:3]
+    )
     torch.testing.assert_close(new_pool_state[1][:, 2:3], snapshot_state[1])
 
 
 @pytest.mark.slow
 def test_smoke_run_fills_the_pool_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flags):
     before = spawned_workers()
-    result = run_script("fsp_mappo.py", *tiny_flags, "--total-timesteps", "128", "--pool-every", "1",
-                        "--pool-size", "2", "--pool-sampling", "prioritised", "--checkpoint-every", "1", cwd=tmp_path)
+    result = run_script(
+        "fsp_mappo.py",
+        *tiny_flags,
+        "--total-timesteps",
+        "128",
+        "--pool-every",
+        "1",
+        "--pool-size",
+        "2",
+        "--pool-sampling",
+        "prioritised",
+        "--checkpoint-every",
+        "1",
+        cwd=tmp_path,
+    )
     assert "iter 4/4" in result.stdout and "pool 2" in result.stdout
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
-    for tag in ["charts/episodic_return", "mixed/episodic_return_all", "mixed/pool_fraction", "pool/size",
-                "losses/policy_loss"]:
+    for tag in [
+        "charts/episodic_return",
+        "mixed/episodic_return_all",
+        "mixed/pool_fraction",
+        "pool/size",
+        "losses/policy_loss",
+    ]:
         assert tag in logged, tag
     assert [v for _, v in logged["pool/size"]] == [1, 2, 2, 2]
     assert all(f in (0.0, 0.25, 0.5) for _, f in logged["mixed/pool_fraction"]), "a trained slot in every env"
@@ -88,10 +110,13 @@ def test_smoke_run_fills_the_pool_checkpoints_resumes_and_is_evaluated(tmp_path,
     assert torch.equal(policy.actor.policy.weight, checkpoint["actor"]["policy.weight"])
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--p", "1.5"], "error: --p is a probability and must be in [0, 1], got 1.5"),
-    (["--pool-size", "0"], "error: --pool-size must be at least 1, got 0"),
-    (["--pool-every", "0"], "error: --pool-every must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--p", "1.5"], "error: --p is a probability and must be in [0, 1], got 1.5"),
+        (["--pool-size", "0"], "error: --pool-size must be at least 1, got 0"),
+        (["--pool-every", "0"], "error: --pool-every must be at least 1, got 0"),
+    ],
+)
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
     assert error_line(run_script("fsp_mappo.py", *flags, cwd=tmp_path, check=False)) == expected

@@ -1,4 +1,5 @@
 """The rollout/update path of every algorithm script, checked inside a real run of its loop."""
+
 import glob
 import inspect
 import shutil
@@ -6,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-import utils
 from conftest import ALGORITHM_SCRIPTS, TINY, run_main_in_process, run_script
 from test_mappo import error_line
+
+import utils
 
 ITERATIONS = 4  # of 2 envs x 16 steps: episodes of 20 steps end inside the 2nd and 3rd rollouts
 # flags that make a script's mixed play happen within those 4 iterations (RPM's memory fills once an
@@ -32,15 +33,33 @@ def test_the_update_recomputes_what_the_rollout_recorded(tmp_path, script):
 
         def recording_loss(*args, **kwargs):
             bound = signature.bind(*args, **kwargs).arguments
-            calls.append({name: bound[name].detach().clone()
-                          for name in ("newlogprob", "logprob", "newvalue", "value", "trained") if name in bound})
+            calls.append(
+                {
+                    name: bound[name].detach().clone()
+                    for name in ("newlogprob", "logprob", "newvalue", "value", "trained")
+                    if name in bound
+                }
+            )
             calls[-1]["threads"] = torch.get_num_threads()
             return loss(*args, **kwargs)
 
         namespace["ppo_loss"] = recording_loss
 
-    flags = TINY + MIXING.get(script, []) + ["--learning-rate", "0", "--total-timesteps", str(2 * 16 * ITERATIONS), "--no-save-model",
-                    "--checkpoint-every", "0", "--snapshot-every", "0"]
+    flags = (
+        TINY
+        + MIXING.get(script, [])
+        + [
+            "--learning-rate",
+            "0",
+            "--total-timesteps",
+            str(2 * 16 * ITERATIONS),
+            "--no-save-model",
+            "--checkpoint-every",
+            "0",
+            "--snapshot-every",
+            "0",
+        ]
+    )
     run_main_in_process(script, flags, tmp_path, observe)
 
     assert len(calls) == ITERATIONS * 2 * 2  # iterations x --update-epochs x --num-minibatches

@@ -1,4 +1,5 @@
 """mappo.py end to end, in subprocesses with tiny sizes."""
+
 import glob
 import os
 import signal
@@ -8,9 +9,8 @@ import time
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import ALGORITHM_SCRIPTS, ROOT, run_script, spawned_workers
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def scalars(run_dir):
@@ -31,8 +31,16 @@ def test_smoke_run_logs_checkpoints_and_resumes(tmp_path, tiny_flags):
     assert "iter 3/3" in result.stdout and "SPS" in result.stdout and "ETA" in result.stdout
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
-    for tag in ["charts/episodic_return", "charts/collective_return", "players/episodic_return_1",
-                "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "charts/SPS"]:
+    for tag in [
+        "charts/episodic_return",
+        "charts/collective_return",
+        "players/episodic_return_1",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "charts/SPS",
+    ]:
         assert tag in logged, tag
     assert logged["losses/value_loss"][-1][0] == 96
     # where each iteration's wall time went: shares of it, summing to 1
@@ -74,27 +82,53 @@ print("prepare_resets calls:", len(calls))
 def test_prepared_resets_follow_their_flag(tmp_path, tiny_flags, flag, calls):
     # once per rollout by default (the workers build the next episodes while the learner works); never with
     # --no-prepare-resets, which saves the memory of the spare environments
-    command = [sys.executable, "-c", PREPARE_COUNTER, ROOT, os.path.join(ROOT, "mappo.py"), *tiny_flags,
-               "--total-timesteps", "96", *flag]
+    command = [
+        sys.executable,
+        "-c",
+        PREPARE_COUNTER,
+        ROOT,
+        os.path.join(ROOT, "mappo.py"),
+        *tiny_flags,
+        "--total-timesteps",
+        "96",
+        *flag,
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "iter 3/3" in result.stdout and f"prepare_resets calls: {calls}" in result.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, heavy", [
-    ("mappo.py", ["--update-epochs", "20"]),
-    ("bidist_mappo.py", ["--update-epochs", "10", "--kd", "1", "--distill-epochs", "20"]),
-])
+@pytest.mark.parametrize(
+    "script, heavy",
+    [
+        ("mappo.py", ["--update-epochs", "20"]),
+        ("bidist_mappo.py", ["--update-epochs", "10", "--kd", "1", "--distill-epochs", "20"]),
+    ],
+)
 def test_ctrl_c_saves_the_state_of_a_whole_iteration_and_leaves_no_workers(tmp_path, tiny_flags, script, heavy):
     """Most of an iteration is the PPO update (and distillation) here, so the Ctrl-C most likely lands
     in it; wherever it lands, the checkpoint must equal the state at the end of the iteration it names,
     which the per-iteration snapshots record."""
     before = spawned_workers()
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, script), *tiny_flags, *heavy, "--total-timesteps", "100000",
-         "--checkpoint-every", "0", "--snapshot-every", "1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            os.path.join(ROOT, script),
+            *tiny_flags,
+            *heavy,
+            "--total-timesteps",
+            "100000",
+            "--checkpoint-every",
+            "0",
+            "--snapshot-every",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     for line in process.stdout:  # wait until training is under way
         if line.startswith("iter 1/"):
@@ -119,9 +153,21 @@ def test_ctrl_c_saves_the_state_of_a_whole_iteration_and_leaves_no_workers(tmp_p
 @pytest.mark.parametrize("script", ALGORITHM_SCRIPTS)
 def test_ctrl_c_while_the_environments_start_is_one_line(tmp_path, script):
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, f"{script}.py"), "--substrate", "territory__rooms", "--num-envs", "2",
-         "--num-minibatches", "2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            os.path.join(ROOT, f"{script}.py"),
+            "--substrate",
+            "territory__rooms",
+            "--num-envs",
+            "2",
+            "--num-minibatches",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     for line in process.stdout:
         if line.startswith("starting 2 environments"):
@@ -149,8 +195,10 @@ def error_line(result):
         (["--num-envs", "6", "--num-minibatches", "4"], "--num-envs 6 must be a multiple of --num-minibatches 4"),
         (["--total-timesteps", "10"], "less than one rollout"),
         (["--resume", "nowhere.pt"], "--resume nowhere.pt: no such file"),
-        (["--num-env", "3"], "error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs "
-                             "(python mappo.py --help lists the flags)"),
+        (
+            ["--num-env", "3"],
+            "error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs (python mappo.py --help lists the flags)",
+        ),
         (["--num-envs", "many"], "error: Error parsing --num-envs: invalid literal for int() with base 10: 'many'"),
     ],
 )
@@ -160,8 +208,13 @@ def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
 
 
 def test_foreign_checkpoints_are_refused(tmp_path):
-    saved = {"algorithm": "mappo", "substrate": "coins", "run_name": "x", "actor": {},
-             "args": {"substrate": "coins", "downsample": True, "hidden_size": 128}}
+    saved = {
+        "algorithm": "mappo",
+        "substrate": "coins",
+        "run_name": "x",
+        "actor": {},
+        "args": {"substrate": "coins", "downsample": True, "hidden_size": 128},
+    }
     torch.save(saved, tmp_path / "coins.pt")
     line = error_line(run_script("mappo.py", "--resume", "coins.pt", "--substrate", "clean_up", cwd=tmp_path, check=False))
     assert line == "error: --resume coins.pt was trained with --substrate coins, not clean_up"

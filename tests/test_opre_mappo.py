@@ -1,18 +1,29 @@
 """What opre_mappo.py adds to MAPPO (options, their prior and posterior), its functions and a run end to end."""
+
 import math
 
 import pytest
 import torch
+from conftest import run_script, spawned_workers
+from test_algorithm import FakeEnvs
+from test_mappo import error_line, only_run_dir, scalars
 from torch import nn
 from torch.distributions import Categorical
 
 import utils
-from conftest import run_script, spawned_workers
 from eval_scenarios import CheckpointPolicy
-from opre_mappo import (Actor, Args, OptionsPolicy, Posterior, layer_init, mixture_logp, options_kl, options_losses,
-                        ppo_loss, usage_entropy)
-from test_algorithm import FakeEnvs
-from test_mappo import error_line, only_run_dir, scalars
+from opre_mappo import (
+    Actor,
+    Args,
+    OptionsPolicy,
+    Posterior,
+    layer_init,
+    mixture_logp,
+    options_kl,
+    options_losses,
+    ppo_loss,
+    usage_entropy,
+)
 
 
 def test_the_mixture_is_a_distribution_and_matches_a_hand_computation():
@@ -138,11 +149,15 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
     torch.manual_seed(seed)
     args, hidden_size = Args(), 32
     policy = OptionsPolicy(hidden_size, 8, args.num_options, args.options_input)
-    posterior = nn.Sequential(layer_init(nn.Linear(contexts + hidden_size, hidden_size)), nn.ReLU(),
-                              layer_init(nn.Linear(hidden_size, args.num_options), std=0.0))
+    posterior = nn.Sequential(
+        layer_init(nn.Linear(contexts + hidden_size, hidden_size)),
+        nn.ReLU(),
+        layer_init(nn.Linear(hidden_size, args.num_options), std=0.0),
+    )
     own = nn.Linear(8, hidden_size)
-    optimizer = torch.optim.Adam([*policy.parameters(), *posterior.parameters(), *own.parameters()],
-                                 lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(
+        [*policy.parameters(), *posterior.parameters(), *own.parameters()], lr=args.learning_rate, eps=1e-5
+    )
 
     def features(context):
         hidden = torch.relu(own(torch.randn(len(context), 8)))  # both the recurrent and the frame features
@@ -159,8 +174,9 @@ def contextual_bandit_options(seed, iterations=150, contexts=4, batch=512):
             hidden, posterior_logits = features(context)
             learner = Categorical(logits=mixture_logp(posterior_logits, policy.option_logp(hidden)))
             zeros = torch.zeros(batch)
-            loss, _ = ppo_loss(learner.log_prob(action), learner.entropy(), zeros, logprob, reward - reward.mean(),
-                               zeros, zeros, args)
+            loss, _ = ppo_loss(
+                learner.log_prob(action), learner.entropy(), zeros, logprob, reward - reward.mean(), zeros, zeros, args
+            )
             loss = loss + options_losses(posterior_logits, policy.prior_logits(hidden), args)[0]
             optimizer.zero_grad()
             loss.backward()
@@ -185,13 +201,27 @@ def test_options_differentiate_from_the_uniform_start_where_the_posterior_sees_w
 @pytest.mark.slow
 def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flags):
     before = spawned_workers()
-    result = run_script("opre_mappo.py", *tiny_flags, "--total-timesteps", "128", "--num-options", "3",
-                        "--options-input", "frame", cwd=tmp_path)
+    result = run_script(
+        "opre_mappo.py",
+        *tiny_flags,
+        "--total-timesteps",
+        "128",
+        "--num-options",
+        "3",
+        "--options-input",
+        "frame",
+        cwd=tmp_path,
+    )
     assert "iter 4/4" in result.stdout and "options in use" in result.stdout
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
-    for tag in ["opre/kl_posterior_prior", "opre/posterior_entropy", "opre/prior_usage_entropy",
-                "opre/posterior_usage_entropy", "losses/policy_loss"]:
+    for tag in [
+        "opre/kl_posterior_prior",
+        "opre/posterior_entropy",
+        "opre/prior_usage_entropy",
+        "opre/posterior_usage_entropy",
+        "losses/policy_loss",
+    ]:
         assert len(logged[tag]) == 4, tag
     # 3 options, nearly uniform at the start: usage entropy close to ln 3
     assert all(abs(v - math.log(3)) < 0.05 for _, v in logged["opre/prior_usage_entropy"])
@@ -199,11 +229,22 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
     assert checkpoint["algorithm"] == "opre_mappo" and "posterior" in checkpoint
     assert checkpoint["actor"]["policy.options.weight"].shape[0] == 3 * 8
 
-    other = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--options-input", "recurrent",
-                       cwd=tmp_path, check=False)
-    assert error_line(other) == f"error: --resume {run_dir}/checkpoint.pt was trained with --options-input frame, not recurrent"
-    result = run_script("opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--options-input", "frame",
-                        "--total-timesteps", "192", cwd=tmp_path)
+    other = run_script(
+        "opre_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--options-input", "recurrent", cwd=tmp_path, check=False
+    )
+    assert (
+        error_line(other) == f"error: --resume {run_dir}/checkpoint.pt was trained with --options-input frame, not recurrent"
+    )
+    result = run_script(
+        "opre_mappo.py",
+        "--resume",
+        f"{run_dir}/checkpoint.pt",
+        "--options-input",
+        "frame",
+        "--total-timesteps",
+        "192",
+        cwd=tmp_path,
+    )
     assert "iter 6/6" in result.stdout and only_run_dir(tmp_path) == run_dir
     assert spawned_workers() - before == set(), "environment workers outlived the run"
 
@@ -216,24 +257,33 @@ def test_smoke_run_logs_checkpoints_resumes_and_is_evaluated(tmp_path, tiny_flag
     del older["args"]["options_input"]
     torch.save(older, tmp_path / "older.pt")
     assert CheckpointPolicy(str(tmp_path / "older.pt")).actor.policy.options_input == "recurrent"
-    assert torch.equal(policy.actor.policy.prior.weight, torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
-                       ["actor"]["policy.prior.weight"])
+    assert torch.equal(
+        policy.actor.policy.prior.weight,
+        torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)["actor"]["policy.prior.weight"],
+    )
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--num-options", "0"], "error: --num-options must be at least 1, got 0"),
-    (["--options-kl-coef", "-0.1"], "error: --options-kl-coef must be >= 0, got -0.1"),
-    (["--options-entropy-coef", "-1"], "error: --options-entropy-coef must be >= 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--num-options", "0"], "error: --num-options must be at least 1, got 0"),
+        (["--options-kl-coef", "-0.1"], "error: --options-kl-coef must be >= 0, got -0.1"),
+        (["--options-entropy-coef", "-1"], "error: --options-entropy-coef must be >= 0, got -1.0"),
+    ],
+)
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
     assert error_line(run_script("opre_mappo.py", *flags, cwd=tmp_path, check=False)) == expected
 
 
 def test_a_checkpoint_from_before_options_input_resumes_as_recurrent():
-    older = {"algorithm": "opre_mappo", "args": {"substrate": "coins", "num_options": 8},  # no options_input saved
-             **{key: None for key in utils.RESUME_KEYS}}
+    older = {
+        "algorithm": "opre_mappo",
+        "args": {"substrate": "coins", "num_options": 8},  # no options_input saved
+        **{key: None for key in utils.RESUME_KEYS},
+    }
     must_match = ("substrate", "num_options", "options_input")
     utils.check_checkpoint(older, "old.pt", "opre_mappo", Args(substrate="coins"), must_match=must_match)
     with pytest.raises(SystemExit, match=r"^error: --resume old.pt was trained with --options-input recurrent, not frame$"):
-        utils.check_checkpoint(older, "old.pt", "opre_mappo", Args(substrate="coins", options_input="frame"),
-                               must_match=must_match)
+        utils.check_checkpoint(
+            older, "old.pt", "opre_mappo", Args(substrate="coins", options_input="frame"), must_match=must_match
+        )

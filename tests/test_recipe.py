@@ -1,6 +1,7 @@
 """The recipe of docs/add-your-own-method.md, end to end, as a user follows it: copy a training script under
 a new name, change its network, and train, resume, evaluate and study the copy with no edit to any other
 file. Runs in a copy of the project folder, so the new script sits beside the others as the user's would."""
+
 import glob
 import os
 import shutil
@@ -10,19 +11,21 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, TINY
 
 # the user's idea: a deeper policy head, which evaluation must notice (bidist_mappo.Actor cannot load it)
 HEAD = "        self.policy = layer_init(nn.Linear(args.hidden_size, envs.num_actions), std=0.01)\n"
-DEEPER_HEAD = ("        self.policy = nn.Sequential(  # my idea: a deeper policy head\n"
-               "            layer_init(nn.Linear(args.hidden_size, args.hidden_size)), nn.Tanh(),\n"
-               "            layer_init(nn.Linear(args.hidden_size, envs.num_actions), std=0.01))\n")
+DEEPER_HEAD = (
+    "        self.policy = nn.Sequential(  # my idea: a deeper policy head\n"
+    "            layer_init(nn.Linear(args.hidden_size, args.hidden_size)), nn.Tanh(),\n"
+    "            layer_init(nn.Linear(args.hidden_size, envs.num_actions), std=0.01))\n"
+)
 
 
 def run(project, script, *flags, cwd=None):
-    result = subprocess.run([sys.executable, str(project / script), *flags], cwd=cwd or project, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(project / script), *flags], cwd=cwd or project, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -51,15 +54,44 @@ def test_a_copied_script_with_its_own_network_trains_resumes_evaluates_and_studi
     os.makedirs(project / "other")
     run(project, "mappo.py", *TINY, "--total-timesteps", "32", cwd=project / "other")
     [background] = glob.glob(f"{project}/other/runs/*/checkpoint.pt")
-    out = run(project, "eval_scenarios.py", "--checkpoint", checkpoint, "--background", background,
-              "--num-episodes", "1", "--num-workers", "1", "--output", "beside_mappo")
+    out = run(
+        project,
+        "eval_scenarios.py",
+        "--checkpoint",
+        checkpoint,
+        "--background",
+        background,
+        "--num-episodes",
+        "1",
+        "--num-workers",
+        "1",
+        "--output",
+        "beside_mappo",
+    )
     rows = pd.read_csv(project / "beside_mappo.csv")
     assert len(rows) == 1 and rows.focal_per_capita_return.notna().all()
 
     # a study of the copy and mappo.py: trained, cross-played, its own scalars in the training summary
-    out = run(project, "study.py", "--out", "study", "--methods", "mappo", "my_method --kd 1", "--seeds", "1",
-              "--total-timesteps", "32", "--train-flags=" + " ".join(TINY), "--num-episodes", "1",
-              "--num-untrained", "1", "--num-workers", "1")
+    out = run(
+        project,
+        "study.py",
+        "--out",
+        "study",
+        "--methods",
+        "mappo",
+        "my_method --kd 1",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "32",
+        "--train-flags=" + " ".join(TINY),
+        "--num-episodes",
+        "1",
+        "--num-untrained",
+        "1",
+        "--num-workers",
+        "1",
+    )
     pairs = pd.read_csv(project / "study/crossplay.csv")
     assert {"mappo__seed1", "my_method_kd_1__seed1"} <= set(pairs.focal) | set(pairs.background)
     training = (project / "study/training.md").read_text()

@@ -1,17 +1,18 @@
 """What rpm_mappo.py adds to MAPPO (the ranked policy memory), its functions and a run end to end.
 The masked PPO loss is tested for every mixed-play script in tests/test_algorithm.py."""
+
 import math
 from collections import deque
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_script, spawned_workers
-from eval_scenarios import CheckpointPolicy
-from rpm_mappo import memory_action, memory_mask, memory_snapshots, rpm_key, sample_memory
 from test_fsp_mappo import sharp_actor
 from test_mappo import error_line, only_run_dir, scalars
+
+from eval_scenarios import CheckpointPolicy
+from rpm_mappo import memory_action, memory_mask, memory_snapshots, rpm_key, sample_memory
 
 
 def test_memory_mask_plays_all_co_player_slots_of_a_share_of_the_environments():
@@ -76,13 +77,33 @@ def test_smoke_run_fills_the_memory_checkpoints_resumes_and_is_evaluated(tmp_pat
     before = spawned_workers()
     # episodes of 20 steps in rollouts of 16: the first ends in iteration 2, so the first snapshot (due from
     # iteration 1) waits for the start of iteration 3, keyed by that episode's return
-    result = run_script("rpm_mappo.py", *tiny_flags, "--total-timesteps", "128", "--rpm-save-every", "1",
-                        "--rpm-sample-prob", "1", "--rpm-bucket-size", "3", "--checkpoint-every", "1", cwd=tmp_path)
+    result = run_script(
+        "rpm_mappo.py",
+        *tiny_flags,
+        "--total-timesteps",
+        "128",
+        "--rpm-save-every",
+        "1",
+        "--rpm-sample-prob",
+        "1",
+        "--rpm-bucket-size",
+        "3",
+        "--checkpoint-every",
+        "1",
+        cwd=tmp_path,
+    )
     assert "iter 4/4" in result.stdout and "memory 2 in 1 keys" in result.stdout
     run_dir = only_run_dir(tmp_path)
     logged = scalars(run_dir)
-    for tag in ["charts/episodic_return", "mixed/episodic_return_all", "mixed/memory_fraction", "rpm/size",
-                "rpm/keys", "rpm/mean_age", "losses/policy_loss"]:
+    for tag in [
+        "charts/episodic_return",
+        "mixed/episodic_return_all",
+        "mixed/memory_fraction",
+        "rpm/size",
+        "rpm/keys",
+        "rpm/mean_age",
+        "losses/policy_loss",
+    ]:
         assert tag in logged, tag
     assert [v for _, v in logged["rpm/size"]] == [0, 0, 1, 2]
     # no snapshot yet: theta plays every slot; then every environment plays the memory on one of its 2 slots
@@ -104,11 +125,14 @@ def test_smoke_run_fills_the_memory_checkpoints_resumes_and_is_evaluated(tmp_pat
     assert torch.equal(policy.actor.policy.weight, checkpoint["actor"]["policy.weight"])
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--rpm-sample-prob", "-0.1"], "error: --rpm-sample-prob is a probability and must be in [0, 1], got -0.1"),
-    (["--rpm-slice", "0"], "error: --rpm-slice must be > 0, got 0.0"),
-    (["--rpm-bucket-size", "0"], "error: --rpm-bucket-size must be at least 1, got 0"),
-    (["--rpm-save-every", "0"], "error: --rpm-save-every must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--rpm-sample-prob", "-0.1"], "error: --rpm-sample-prob is a probability and must be in [0, 1], got -0.1"),
+        (["--rpm-slice", "0"], "error: --rpm-slice must be > 0, got 0.0"),
+        (["--rpm-bucket-size", "0"], "error: --rpm-bucket-size must be at least 1, got 0"),
+        (["--rpm-save-every", "0"], "error: --rpm-save-every must be at least 1, got 0"),
+    ],
+)
 def test_bad_flags_get_one_line_errors(tmp_path, flags, expected):
     assert error_line(run_script("rpm_mappo.py", *flags, cwd=tmp_path, check=False)) == expected

@@ -1,5 +1,6 @@
 """The generalisation study runner: method parsing, resume decisions, held-out sets, the bootstrap
 against an exhaustive enumeration, the writers, and a tiny study end to end."""
+
 import glob
 import itertools
 import json
@@ -15,12 +16,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from test_mappo import error_line
-from study import (RANDOM, UNTRAINED, Method, Population, Run, external_population,
-                   held_out_mask, parse_method, crossplay, run_status, statistics, summarise_method, summarise_reference,
-                   train_command, training_summary, write_outputs)
+
+from study import (
+    RANDOM,
+    UNTRAINED,
+    Method,
+    Population,
+    Run,
+    crossplay,
+    external_population,
+    held_out_mask,
+    parse_method,
+    run_status,
+    statistics,
+    summarise_method,
+    summarise_reference,
+    train_command,
+    training_summary,
+    write_outputs,
+)
 
 
 def test_methods_parse_with_labels_flags_and_one_line_errors():
@@ -30,9 +46,11 @@ def test_methods_parse_with_labels_flags_and_one_line_errors():
     with pytest.raises(SystemExit) as error:
         parse_method("ppo")
     valid = ", ".join(f"{s}.py" for s in ALGORITHM_SCRIPTS)  # every training script beside study.py
-    assert str(error.value) == (f"error: --methods 'ppo' names ppo.py, which is not a training script here (no such "
-                                f"file in the project folder); training scripts: {valid} (the contract: "
-                                f"docs/add-your-own-method.md)")
+    assert str(error.value) == (
+        f"error: --methods 'ppo' names ppo.py, which is not a training script here (no such "
+        f"file in the project folder); training scripts: {valid} (the contract: "
+        f"docs/add-your-own-method.md)"
+    )
     assert {"mappo", "bidist_mappo", "fsp_mappo"} <= set(ALGORITHM_SCRIPTS) and "study" not in ALGORITHM_SCRIPTS
     with pytest.raises(SystemExit, match=r"names utils.py, which is not a training script here \(it defines no Args"):
         parse_method("utils")
@@ -42,13 +60,24 @@ def test_methods_parse_with_labels_flags_and_one_line_errors():
     assert parse_method("bidist_mappo --no-reverse").flags == ("--no-reverse",)
     with pytest.raises(SystemExit) as error:
         parse_method("mappo --p 0.3")
-    assert str(error.value) == "error: --methods 'mappo --p 0.3' passes --p, which mappo.py does not take (python mappo.py --help)"
+    assert (
+        str(error.value)
+        == "error: --methods 'mappo --p 0.3' passes --p, which mappo.py does not take (python mappo.py --help)"
+    )
 
 
 def fake_checkpoint(path, iteration, num_envs=8, num_steps=128, **extra):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"algorithm": "mappo", "iteration": iteration, "global_step": iteration * num_envs * num_steps,
-                "args": {"num_envs": num_envs, "num_steps": num_steps}, **extra}, path)
+    torch.save(
+        {
+            "algorithm": "mappo",
+            "iteration": iteration,
+            "global_step": iteration * num_envs * num_steps,
+            "args": {"num_envs": num_envs, "num_steps": num_steps},
+            **extra,
+        },
+        path,
+    )
 
 
 def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
@@ -73,9 +102,14 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
 
 def test_runs_trained_elsewhere_join_by_checkpoint_or_directory(tmp_path):
     fake_checkpoint(f"{tmp_path}/a/checkpoint.pt", iteration=1, substrate="coins")
-    torch.save(dict(torch.load(f"{tmp_path}/a/checkpoint.pt", weights_only=True), actor={},
-                    args={"exp_name": "bidist_mappo", "seed": 4, "downsample": True, "hidden_size": 8}),
-               f"{tmp_path}/a/checkpoint.pt")
+    torch.save(
+        dict(
+            torch.load(f"{tmp_path}/a/checkpoint.pt", weights_only=True),
+            actor={},
+            args={"exp_name": "bidist_mappo", "seed": 4, "downsample": True, "hidden_size": 8},
+        ),
+        f"{tmp_path}/a/checkpoint.pt",
+    )
     assert external_population(f"{tmp_path}/a") == Population("bidist_mappo", 4, f"{tmp_path}/a/checkpoint.pt")
     labelled = external_population(f"mine={tmp_path}/a/checkpoint.pt")
     assert labelled.name == "mine__seed4" and labelled.checkpoint == f"{tmp_path}/a/checkpoint.pt"
@@ -137,8 +171,9 @@ def synthetic_study(tmp_path):
     backgrounds = {**{n: (n,) for n in names}, RANDOM: (RANDOM,), UNTRAINED: ("u.pt",)}
     rng = np.random.default_rng(0)
     results = {(f, b): list(rng.normal(2.0 if f == b else 1.0, 0.1, size=3)) for f in names for b in backgrounds}
-    args = SimpleNamespace(out=str(tmp_path), substrate="coins", num_episodes=3, num_focal=1, seed=1,
-                           bootstrap_samples=1000, reference=(0.0, 4.0))
+    args = SimpleNamespace(
+        out=str(tmp_path), substrate="coins", num_episodes=3, num_focal=1, seed=1, bootstrap_samples=1000, reference=(0.0, 4.0)
+    )
     return populations, backgrounds, results, args
 
 
@@ -150,14 +185,22 @@ def test_table_matrix_and_plots_are_written(tmp_path):
     lines = table.splitlines()
     assert lines[0].startswith("| method | focal seeds | self-play | held-out (never met) |") and len(lines) == 4
     mappo = summary["mappo"]
-    held = np.mean([np.mean(results[f, b]) for f in ("mappo__seed1", "mappo__seed2")
-                    for b in ("mappo__seed1", "mappo__seed2", "bidist__seed1", "bidist__seed2") if b != f])
+    held = np.mean(
+        [
+            np.mean(results[f, b])
+            for f in ("mappo__seed1", "mappo__seed2")
+            for b in ("mappo__seed1", "mappo__seed2", "bidist__seed1", "bidist__seed2")
+            if b != f
+        ]
+    )
     assert mappo["held_out"][0] == pytest.approx(held) and mappo["held_out"][1] <= held <= mappo["held_out"][2]
     assert mappo["held_out_normalised"][0] == pytest.approx(held / 4)
     assert f"| mappo | 2 | {mappo['self_play'][0]:.2f} [" in table and table in open(tmp_path / "results.md").read()
     # held-out beside one method's runs alone: mappo beside bidist's two runs, and beside mappo's other seed
-    beside = {"bidist": [(f, b) for f in ("mappo__seed1", "mappo__seed2") for b in ("bidist__seed1", "bidist__seed2")],
-              "mappo": [("mappo__seed1", "mappo__seed2"), ("mappo__seed2", "mappo__seed1")]}
+    beside = {
+        "bidist": [(f, b) for f in ("mappo__seed1", "mappo__seed2") for b in ("bidist__seed1", "bidist__seed2")],
+        "mappo": [("mappo__seed1", "mappo__seed2"), ("mappo__seed2", "mappo__seed1")],
+    }
     for other, pairs in beside.items():
         estimate, low, high = mappo["held_out_by_method"][other]
         assert estimate == pytest.approx(np.mean([np.mean(results[pair]) for pair in pairs])) and low <= estimate <= high
@@ -194,12 +237,17 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
         writer.close()
         runs.append(run)
     lines = training_summary(runs).splitlines()
-    assert lines[:3] == ["| method | seeds | return (trained slots), last 10% |", "|---|---|---|",
-                         "| mine | 2 | 4.50 (3.00 to 6.00) |"]  # the last 10% of steps (> 270): 3 and 6
+    assert lines[:3] == [
+        "| method | seeds | return (trained slots), last 10% |",
+        "|---|---|---|",
+        "| mine | 2 | 4.50 (3.00 to 6.00) |",
+    ]  # the last 10% of steps (> 270): 3 and 6
     assert lines[6:] == [
-        "| method | scalar | last 10% | minimum | final |", "|---|---|---|---|---|",
+        "| method | scalar | last 10% | minimum | final |",
+        "|---|---|---|---|---|",
         "| mine | anything/late | - | 1.50 (1.00 to 2.00) | 1.50 (1.00 to 2.00) |",  # minima and final values 1 and 2
-        "| mine | anything/ratio | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 0.50 (0.40 to 0.60) |"]
+        "| mine | anything/ratio | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 0.50 (0.40 to 0.60) |",
+    ]
 
 
 def test_progress_of_a_running_run_comes_from_its_own_log(tmp_path):
@@ -224,19 +272,39 @@ def test_progress_of_a_running_run_comes_from_its_own_log(tmp_path):
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_resumed(tmp_path):
     train_flags = "--train-flags=" + " ".join(TINY)
-    flags = ["--out", "study", "--substrate", "collaborative_cooking__asymmetric", "--seeds", "1", "2",
-             "--total-timesteps", "32", train_flags, "--num-episodes", "1", "--num-untrained", "1"]
+    flags = [
+        "--out",
+        "study",
+        "--substrate",
+        "collaborative_cooking__asymmetric",
+        "--seeds",
+        "1",
+        "2",
+        "--total-timesteps",
+        "32",
+        train_flags,
+        "--num-episodes",
+        "1",
+        "--num-untrained",
+        "1",
+    ]
     first = run_script("study.py", *flags, cwd=tmp_path, timeout=600)
     out = tmp_path / "study"
-    for name in ("results.md", "training.md", "crossplay.csv", "crossplay.json", "crossplay_heatmap.png",
-                 "methods.png", "policy_space.png"):
+    for name in (
+        "results.md",
+        "training.md",
+        "crossplay.csv",
+        "crossplay.json",
+        "crossplay_heatmap.png",
+        "methods.png",
+        "policy_space.png",
+    ):
         assert (out / name).exists(), name
     assert "| mappo | 2 |" in first.stdout and "| bidist_mappo | 2 |" in first.stdout
     pairs = pd.read_csv(out / "crossplay.csv")
     assert len(pairs) == 4 * (4 + 2) and set(pairs.background) >= {RANDOM, UNTRAINED}
     space = pd.read_csv(out / "policy_space.csv")
-    assert set(zip(space.method, space.population)) == {("mappo", "theta"), ("bidist_mappo", "theta"),
-                                                        ("bidist_mappo", "phi")}
+    assert set(zip(space.method, space.population)) == {("mappo", "theta"), ("bidist_mappo", "theta"), ("bidist_mappo", "phi")}
 
     checkpoints = sorted(glob.glob(f"{out}/*/runs/*/checkpoint.pt"))
     assert len(checkpoints) == 4
@@ -257,10 +325,27 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
-    flags = ["--out", "study", "--substrate", "collaborative_cooking__asymmetric", "--methods", "mappo", "--seeds", "1",
-             "--total-timesteps", "1600", "--train-flags=" + " ".join(TINY + ["--checkpoint-every", "1"]), "--train-only"]
-    study = subprocess.Popen([sys.executable, os.path.join(ROOT, "study.py"), *flags], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        "--out",
+        "study",
+        "--substrate",
+        "collaborative_cooking__asymmetric",
+        "--methods",
+        "mappo",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "1600",
+        "--train-flags=" + " ".join(TINY + ["--checkpoint-every", "1"]),
+        "--train-only",
+    ]
+    study = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "study.py"), *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt") and time.time() < deadline:
         time.sleep(0.5)
@@ -280,11 +365,14 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
     "flags, expected",
     [
         (["--methods", "ppo"], "error: --methods 'ppo' names ppo.py, which is not a training script here"),
-            (["--train-flags=--p 0.3"], "error: --train-flags passes --p, which mappo.py does not take"),
+        (["--train-flags=--p 0.3"], "error: --train-flags passes --p, which mappo.py does not take"),
         (["--methods", "mappo", "mappo"], "error: --methods: two methods have the label 'mappo'"),
         (["--seeds", "1", "--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
         (["--threads", "0"], "error: --threads must be at least 1, got 0"),
-        (["--substrate", "clean_upp"], "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up"),
+        (
+            ["--substrate", "clean_upp"],
+            "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
+        ),
         (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
     ],
 )
@@ -304,8 +392,7 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
 
     def study(out, results=None):  # the two populations, each the other's background, as a call with this --out sees them
         populations = [Population("m", seed, f"{out}/{run}/checkpoint.pt") for seed, run in ((1, "a"), (2, "b"))]
-        args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1,
-                               results=results)
+        args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1, results=results)
         return populations, {p.name: (p.checkpoint,) for p in populations}, args
 
     played = []
@@ -330,13 +417,30 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
     assert again["m__seed2", "m__seed2"] == first["m__seed2", "m__seed2"]
     assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
 
+
 @pytest.mark.slow
 def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_path):
     """--results holds every finished run's population (data only, float16, under 1 MB), its binned log and
     statistics, every episode: with the study's folder gone, --from-results writes the same tables without
     training or playing, and a later call with one more seed trains that seed and plays only its pairs."""
-    flags = ["--out", "study", "--results", "res", "--substrate", "collaborative_cooking__asymmetric", "--seeds", "1", "2",
-             "--total-timesteps", "64", "--train-flags=" + " ".join(TINY), "--num-episodes", "1", "--num-untrained", "1"]
+    flags = [
+        "--out",
+        "study",
+        "--results",
+        "res",
+        "--substrate",
+        "collaborative_cooking__asymmetric",
+        "--seeds",
+        "1",
+        "2",
+        "--total-timesteps",
+        "64",
+        "--train-flags=" + " ".join(TINY),
+        "--num-episodes",
+        "1",
+        "--num-untrained",
+        "1",
+    ]
     run_script("study.py", *flags, cwd=tmp_path, timeout=600)
     res = tmp_path / "res"
     for name in ("mappo__seed1", "mappo__seed2", "bidist_mappo__seed1", "bidist_mappo__seed2"):
@@ -365,7 +469,7 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     assert "cross-play:" not in result.stdout and "training" not in result.stdout.split("\n")[0].lower()
     assert {name: (res / name).read_text() for name in committed} == committed
 
-    more_seeds = flags[:flags.index("--seeds") + 3] + ["3"] + flags[flags.index("--seeds") + 3:]
+    more_seeds = flags[: flags.index("--seeds") + 3] + ["3"] + flags[flags.index("--seeds") + 3 :]
     more = run_script("study.py", *more_seeds, cwd=tmp_path, timeout=600)
     assert "training 2 run(s)" in more.stdout and more.stdout.count("in res, not retrained") == 4
     # 6 populations beside 6 + 2 backgrounds, less the 4 x 6 pairs committed before
@@ -374,15 +478,16 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     assert "| mappo | 3 |" in (res / "results.md").read_text()
     # the policy space holds the exported runs' snapshots (their features) beside the new seed's
     space = pd.read_csv(res / "policy_space.csv")
-    assert set(space.seed) == {1, 2, 3} and (space[(space.seed == 1) & (space.method == "mappo")].final == False).any()
+    assert set(space.seed) == {1, 2, 3} and (~space[(space.seed == 1) & (space.method == "mappo")].final).any()
     assert set(space.population) == {"theta", "phi"}
     line = error_line(run_script("study.py", "--from-results", "nowhere", cwd=tmp_path, check=False))
     assert line == "error: --from-results nowhere: no study.json there (a folder written by study.py --results)"
 
 
 # studies under results/ with their tables (a study still training has exported runs and no results.md yet)
-COMMITTED_STUDIES = sorted(p for p in glob.glob(f"{ROOT}/results/*/study.json")
-                           if os.path.exists(os.path.join(os.path.dirname(p), "results.md")))
+COMMITTED_STUDIES = sorted(
+    p for p in glob.glob(f"{ROOT}/results/*/study.json") if os.path.exists(os.path.join(os.path.dirname(p), "results.md"))
+)
 
 
 @pytest.mark.parametrize("record", COMMITTED_STUDIES, ids=[p.split("/")[-2] for p in COMMITTED_STUDIES])
@@ -407,8 +512,10 @@ def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
 
     runs = []
     for seed, values in [(1, [1.0, 3.0, 5.0, 7.0]), (2, [1.0, 3.0, 9.0, 11.0])]:
-        scalars = {"charts/episodic_return": (np.array([10, 20, 60, 62]), np.array(values)),
-                   "losses/value_loss": (np.array([100]), np.array([0.5]))}
+        scalars = {
+            "charts/episodic_return": (np.array([10, 20, 60, 62]), np.array(values)),
+            "losses/value_loss": (np.array([100]), np.array([0.5])),
+        }
         curve = binned_curves(scalars, last=100, bins=10)
         assert curve.step_end.tolist() == list(range(10, 101, 10))
         # bins are (start, end]: step 60 is the last of (50, 60], 62 in (60, 70]
