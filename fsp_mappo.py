@@ -62,7 +62,7 @@ class Args:
     """end episodes after this many steps (default: the substrate's own episode length)"""
     prepare_resets: bool = True
     """workers build the next episode's environment while the learner works (--no-prepare-resets saves the
-    memory of one more environment per slot: 387 MiB on clean_up with 8 envs)"""
+    memory of one more environment per slot: docs/throughput.md)"""
 
     # Algorithm specific arguments
     total_timesteps: int = 1_000_000
@@ -164,8 +164,8 @@ def conv_torso(frame_shape, sprite, out_size):
     """Conv net over an RGB frame. On downsampled frames (sprite=1) the first layer embeds each
     cell; on full-resolution frames (sprite=8) it is the 8x8/stride-8 layer of Melting Pot's
     reference agents, so both see one feature vector per grid cell. The 3x3 layer has stride
-    2: it still covers every cell and makes the PPO update about 2.4x cheaper than stride 1
-    (`benchmarks/profile_parts.py --parts stride`)."""
+    2: it still covers every cell and makes the PPO update cheaper than stride 1 (docs/throughput.md,
+    `benchmarks/profile_parts.py --parts stride`)."""
     h, w = (frame_shape[0] // sprite + 1) // 2, (frame_shape[1] // sprite + 1) // 2
     return nn.Sequential(
         layer_init(nn.Conv2d(3, 16, kernel_size=sprite, stride=sprite)),
