@@ -685,7 +685,7 @@ def parse_args(args_class):
 
 def cli(args_class, **kwargs):
     """`tyro.cli`, whose error box (an unknown flag, a value that does not parse) becomes one line:
-    `error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs (python mappo.py --help)`."""
+    `error: Unrecognized options: --num-env, 3; perhaps you meant --num-envs (python mappo.py --help lists the flags)`."""
     import io
 
     captured = io.StringIO()

@@ -5,7 +5,7 @@
 
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner), and one environment stepped the same
    way inside this process (what one core gives, the reference for the workers' scaling);
-2. every *mappo.py (or --scripts) at its defaults plus SCRIPT_FLAGS: short training runs in subprocesses
+2. every training script (utils.training_scripts, or --scripts) at its defaults plus SCRIPT_FLAGS: short training runs in subprocesses
    with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
    run in turn --repeats times; the median of each is reported, because the speed of a shared
    machine drifts between runs by more than the difference being measured. mappo.py runs twice per
@@ -58,7 +58,7 @@ class Args:
     substrate: str = "pure_coordination_in_the_matrix__repeated"
     """the Melting Pot substrate"""
     scripts: list[str] = field(default_factory=eval_scenarios.algorithm_scripts)
-    """the training scripts measured (default: every *mappo.py); mappo is always one, the reference"""
+    """the training scripts measured (default: every training script here); mappo is always one, the reference"""
     num_envs: int = 8
     """parallel substrate instances, for every measurement"""
     raw_steps: int = 1000
