@@ -6,8 +6,8 @@
 1. raw: MeltingPotVecEnv stepped with uniformly random actions (no learner), and one environment stepped the same
    way inside this process (what one core gives, the reference for the workers' scaling);
 2. every training script (utils.training_scripts, or --scripts) at its defaults plus SCRIPT_FLAGS: short
-   training runs in subprocesses with the same sizes (their own SPS, start-up excluded; BiDist's includes its distillation phases),
-   run in turn --repeats times; the median of each is reported, because the speed of a shared
+   training runs in subprocesses with the same sizes (their own SPS, start-up excluded; BiDist's includes its
+   distillation phases), run in turn --repeats times; the median of each is reported, because the speed of a shared
    machine drifts between runs by more than the difference being measured. mappo.py runs twice per
    round: at its default --torch-threads and with a thread per core (torch's own default).
 3. the peer, when BenchMARL is installed (`make peer`): benchmarks/peer_benchmarl.py, BenchMARL's MAPPO at the same
