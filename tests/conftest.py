@@ -28,7 +28,9 @@ def run_script(script, *flags, cwd, timeout=300, check=True):
 
 
 def spawned_workers():
-    """PIDs of live multiprocessing-spawned processes (our environment workers among them)."""
+    """PIDs of live multiprocessing-spawned processes started from this test session (our environment and
+    evaluation workers among them): their environment holds pytest's PYTEST_CURRENT_TEST, which workers
+    of a training run or a study started outside the suite on the same machine do not."""
     pids = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -38,9 +40,11 @@ def spawned_workers():
                 cmdline = f.read()
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                ours = b"PYTEST_CURRENT_TEST=" in f.read()
         except OSError:
             continue
-        if b"spawn_main" in cmdline and state != "Z":
+        if b"spawn_main" in cmdline and state != "Z" and ours:
             pids.add(int(pid))
     return pids
 
