@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Optional
 
@@ -111,8 +111,6 @@ def parse_method(spec):
 
 def check_flags(module, script, words, what):
     """A one-line error, before any training starts, for a flag in `words` that `script`'s Args has no field for."""
-    from dataclasses import fields
-
     names = {f.name.replace("_", "-") for f in fields(module.Args)}
     for word in words:
         flag = word.split("=")[0]
@@ -380,22 +378,23 @@ def training_summary(runs, results=None):
         for method, rows in per_method.items()
     ]
     own = [
-        "",
-        f"each method's own scalars (TensorBoard namespaces other than {', '.join(n + '/' for n in SHARED_NAMESPACES)}): "
-        "mean over seeds (range) of each run's mean over its last 10% of env steps, minimum and final value",
-        "",
-        "| method | scalar | " + " | ".join(OWN_STATISTICS) + " |",
-        "|---|---|" + "---|" * len(OWN_STATISTICS),
+        f"| {method} | {tag} | "
+        + " | ".join(mean_and_range([row.get(f"{tag} ({name})", np.nan) for row in rows]) for name in OWN_STATISTICS)
+        + " |"
+        for method, rows in per_method.items()
+        for tag in sorted({k.rsplit(" (", 1)[0] for row in rows for k in row if k != RETURN_COLUMN and k.endswith(")")})
     ]
-    for method, rows in per_method.items():
-        tags = sorted({k.rsplit(" (", 1)[0] for row in rows for k in row if k != RETURN_COLUMN and k.endswith(")")})
-        own += [
-            f"| {method} | {tag} | "
-            + " | ".join(mean_and_range([row.get(f"{tag} ({name})", np.nan) for row in rows]) for name in OWN_STATISTICS)
-            + " |"
-            for tag in tags
+    if own:
+        lines += [
+            "",
+            f"each method's own scalars (TensorBoard namespaces other than {', '.join(n + '/' for n in SHARED_NAMESPACES)}): "
+            "mean over seeds (range) of each run's mean over its last 10% of env steps, minimum and final value",
+            "",
+            "| method | scalar | " + " | ".join(OWN_STATISTICS) + " |",
+            "|---|---|" + "---|" * len(OWN_STATISTICS),
+            *own,
         ]
-    return "\n".join(lines + (own if len(own) > 5 else []))
+    return "\n".join(lines)
 
 
 def run_curve(run, results=None):

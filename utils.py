@@ -542,16 +542,19 @@ def _module_classes(path: str) -> set:
     return {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
 
 
+def is_training_script(name, root: Optional[str] = None) -> bool:
+    """Whether `name` (a module name, never a path) is a file `name.py` in `root` defining `Args` and `Actor`."""
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and {"Args", "Actor"} <= _module_classes(os.path.join(root or ROOT, f"{name}.py"))
+    )
+
+
 def training_scripts(root: Optional[str] = None) -> list:
     """The training scripts beside this file (or in `root`): every `X.py` defining `Args` and `Actor`."""
     root = root or ROOT
-    return sorted(
-        name[: -len(".py")]
-        for name in os.listdir(root)
-        if name.endswith(".py")
-        and name[: -len(".py")].isidentifier()
-        and {"Args", "Actor"} <= _module_classes(os.path.join(root, name))
-    )
+    return sorted(name[: -len(".py")] for name in os.listdir(root) if is_training_script(name[: -len(".py")], root))
 
 
 def training_script(name: str, what: str, root: Optional[str] = None) -> types.ModuleType:
@@ -562,13 +565,12 @@ def training_script(name: str, what: str, root: Optional[str] = None) -> types.M
     import importlib
 
     root = root or ROOT
-    valid = training_scripts(root)
-    if name not in valid:
+    if not is_training_script(name, root):  # only the named file is read; the others only for the message
         exists = isinstance(name, str) and name.isidentifier() and os.path.isfile(os.path.join(root, f"{name}.py"))
         reason = "it defines no Args and Actor classes" if exists else "no such file in the project folder"
         raise SystemExit(
             f"error: {what} {name}.py, which is not a training script here ({reason}); training scripts: "
-            f"{', '.join(s + '.py' for s in valid)} (the contract: {CONTRACT_DOC})"
+            f"{', '.join(s + '.py' for s in training_scripts(root))} (the contract: {CONTRACT_DOC})"
         )
     if root not in sys.path:
         sys.path.insert(0, root)
