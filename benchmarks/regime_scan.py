@@ -64,6 +64,7 @@ def judge(folder, random_play, method="mappo"):
     qualifies = exploitable if competitive else learned >= 2 * len(names) / 3 and gap_separated
     return {
         "substrate": saved["substrate"].removesuffix("_in_the_matrix__repeated"),
+        "steps": saved["total_timesteps"],
         "random": random_play,
         "self_play_seeds": self_play,
         "learned": learned,
@@ -79,9 +80,9 @@ def judge(folder, random_play, method="mappo"):
 def markdown(rows):
     interval = study.interval
     lines = [
-        "| substrate | uniform random play | self-play per seed | seeds >= 2x random | self-play | held-out | "
+        "| substrate | env steps | uniform random play | self-play per seed | seeds >= 2x random | self-play | held-out | "
         "gap | held-out per seed | qualifies |",
-        "|" + "---|" * 9,
+        "|" + "---|" * 10,
     ]
     for r in rows:
         s = r["summary"]
@@ -92,9 +93,10 @@ def markdown(rows):
             " | ".join(
                 [
                     f"| {r['substrate']}",
+                    f"{r['steps'] / 1e6:g}M",
                     f"{r['random']:.2f}",
                     ", ".join(f"{v:.2f}" for v in r["self_play_seeds"]),
-                    f"{r['learned']} of {r['seeds']}",
+                    "n/a (zero-sum)" if r["competitive"] else f"{r['learned']} of {r['seeds']}",
                     interval(s["self_play"]),
                     interval(s["held_out"]),
                     interval(s["gap"]),

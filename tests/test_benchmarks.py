@@ -131,6 +131,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
                 "seeds": [1, 2, 3],
                 "seed": 1,
                 "bootstrap_samples": 2000,
+                "total_timesteps": 2_000_000,
             },
         },
         open(folder / "study.json", "w"),
@@ -139,7 +140,14 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     assert row["learned"] == 2 and row["qualifies"] and not row["competitive"]
     assert row["summary"]["self_play"][0] == np.mean([4.0, 4.0, 1.5]) and row["summary"]["held_out"][0] == 1.0
     assert row["summary"]["gap"][1] > 0
-    assert "| stag_hunt | 1.00 | 4.00, 4.00, 1.50 | 2 of 3 |" in regime_scan.markdown([row])
+    assert "| stag_hunt | 2M | 1.00 | 4.00, 4.00, 1.50 | 2 of 3 |" in regime_scan.markdown([row])
     assert "**yes** (gap > 0: yes)" in regime_scan.markdown([row])
     row = regime_scan.judge(str(folder), 2.5)
     assert row["learned"] == 0 and not row["qualifies"]
+    saved = json.load(open(folder / "study.json"))
+    saved["args"]["substrate"] = "running_with_scissors_in_the_matrix__repeated"
+    json.dump(saved, open(folder / "study.json", "w"))
+    row = regime_scan.judge(str(folder), 0.0)  # zero-sum: judged by exploitability alone
+    assert row["competitive"] and not row["exploitable"] and not row["qualifies"]
+    assert "| 2M | 0.00 | 4.00, 4.00, 1.50 | n/a (zero-sum) |" in regime_scan.markdown([row])
+    assert "**no** (exploitable: no)" in regime_scan.markdown([row])
