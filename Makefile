@@ -3,14 +3,22 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RAY    := $(VENV)/.ray-installed
 ARGS   ?=
 
-.PHONY: install train train-mappo test bench peer bots mutate docs clean
+.PHONY: install ray train train-mappo test bench peer bots mutate docs clean
 
 install: $(STAMP)
 
 $(STAMP): requirements.txt scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
+	touch $@
+
+# Ray is optional for users (study.py --ray); the test suite needs it for tests/test_cluster.py
+ray: $(RAY)
+
+$(RAY): $(STAMP) requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt
 	touch $@
 
 train: $(STAMP)
@@ -19,7 +27,7 @@ train: $(STAMP)
 train-mappo: $(STAMP)
 	$(PY) mappo.py $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(RAY)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP)

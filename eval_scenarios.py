@@ -269,6 +269,12 @@ def _init_worker(with_tensorflow):
     utils.import_meltingpot(with_tensorflow=with_tensorflow)
 
 
+def failure_line(label, error):
+    """The one line that ends a study or an evaluation whose episode `label` raised `error`."""
+    message = str(error).strip().splitlines()
+    return f"error: {label} failed: {type(error).__name__}: {message[0] if message else ''}"
+
+
 def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, initargs=(False,)):
     """Runs `run_episode(*arguments)` for every (label, arguments) of `jobs` in `num_workers` spawned
     processes, with a progress bar, and calls `on_result(index of the job, result)` as episodes finish. A
@@ -291,9 +297,7 @@ def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, i
                 except concurrent.futures.process.BrokenProcessPool:
                     raise SystemExit(f"error: an evaluation worker died during {label} (out of memory?)") from None
                 except Exception as e:
-                    raise SystemExit(
-                        f"error: {label} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    ) from None
+                    raise SystemExit(failure_line(label, e)) from None
                 on_result(futures[future], result)
                 progress.update()
     finally:

@@ -7,8 +7,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+import cluster
 import eval_scenarios
 import utils
 
@@ -46,10 +45,10 @@ class Args:
     """populations trained elsewhere, added to the study: checkpoints or run directories, optionally
     `label=path` (default label: the run's exp_name)"""
     parallel: Optional[int] = None
-    """training runs at a time (default: one per core)"""
+    """training runs at a time (default: one per core; with --ray, as many as the cluster's free CPUs take)"""
     threads: Optional[int] = None
-    """torch threads and env workers of each training run (default: cores / parallel; 1 leaves room for a
-    run started outside the study)"""
+    """torch threads and env workers of each training run, and the CPUs it asks a Ray cluster for (default:
+    cores / parallel, 1 with --ray; 1 leaves room for a run started outside the study)"""
     snapshot_every: Optional[int] = None
     """passed to the training scripts (default: about 10 snapshots per run)"""
     num_episodes: int = 10
@@ -75,6 +74,12 @@ class Args:
     finished run's population (actor-only, float16) and its training log binned over env steps, as soon as
     the run finishes; every cross-play episode; the tables and plots. A run or pair found there is not
     trained or played again, so a later call on another machine adds only what is new"""
+    ray: Optional[str] = None
+    """run every training run and every cross-play episode as a task of this Ray cluster: its address, `auto`
+    (the cluster this machine belongs to, or $RAY_ADDRESS) or `local` (a new one on this machine); needs
+    `pip install -r requirements-ray.txt` (docs/study.md#on-a-ray-cluster)"""
+    ray_gpus: float = 0.0
+    """with --ray: the GPUs (or share of one, e.g. 0.25) each training run asks the cluster for"""
     from_results: Optional[str] = None
     """regenerate the tables and plots of a study exported with --results from that folder alone: no
     training, no episode played (every other flag is read from its study.json)"""
@@ -148,39 +153,19 @@ def run_status(run, total_timesteps):
     return "done" if checkpoint["iteration"] >= iterations else "resume"
 
 
-def train_command(run, args, status, workers):
-    """The training command of `run`: the method's flags after the study's, a resume when it has a checkpoint."""
-    command = [
-        sys.executable,
-        os.path.join(ROOT, f"{run.method.script}.py"),
-        "--seed",
-        str(run.seed),
-        "--substrate",
-        args.substrate,
-        "--total-timesteps",
-        str(args.total_timesteps),
-    ]
+def train_job(run, args, threads):
+    """The training job of `run`: the study's flags, then every run's (--train-flags), then the method's own;
+    whoever runs it adds --resume when the run's folder holds a checkpoint (cluster.command_in)."""
+    flags = ["--seed", str(run.seed), "--substrate", args.substrate, "--total-timesteps", str(args.total_timesteps)]
     flag_names = {f.split("=")[0] for f in shlex.split(args.train_flags) + list(run.method.flags)}
     if "--num-workers" not in flag_names:
-        command += ["--num-workers", str(workers)]
+        flags += ["--num-workers", str(threads)]
     if "--torch-threads" not in flag_names:
-        command += ["--torch-threads", str(workers)]
+        flags += ["--torch-threads", str(threads)]
     if "--snapshot-every" not in flag_names:
-        command += ["--snapshot-every", str(args.snapshot_every)]
-    command += shlex.split(args.train_flags) + list(run.method.flags)
-    if status == "resume":
-        command += ["--resume", os.path.abspath(run.checkpoint())]
-    return command
-
-
-def thread_env(threads):
-    """The environment of a training subprocess: `threads` torch/BLAS threads, so that parallel runs
-    do not fight for the cores (two mappo.py runs side by side on 2 cores, `benchmarks/throughput.py
-    --side-by-side`: 82 + 81 env steps/s with torch's default threads, 472 + 490 with one thread each)."""
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[name] = str(threads)
-    return env
+        flags += ["--snapshot-every", str(args.snapshot_every)]
+    flags += shlex.split(args.train_flags) + list(run.method.flags)
+    return cluster.TrainJob(run.name, f"{run.method.script}.py", flags, os.path.abspath(run.directory), threads)
 
 
 class Progress:
@@ -210,13 +195,15 @@ class Progress:
         )
 
 
-def train_all(runs, args):
-    """Trains every run that is not done, `parallel` at a time; returns when all are done. A run exported
-    to --results is done; any other finished run is exported there as soon as it finishes. A failed
-    run ends the study with one line naming it and its log, after the others finish."""
+def train_all(runs, args, runner):
+    """Trains every run that is not done, `parallel` at a time, as `runner` runs them (cluster.Local: here,
+    cluster.OnRay: on a Ray cluster); returns when all are done. A run exported to --results is done; any other
+    finished run is exported there as soon as it finishes. A failed run is reported once, with the last lines
+    of its log, and ends the study with one line naming it after the others finish."""
     cores = os.cpu_count() or 1
-    parallel = args.parallel or cores
-    per_run = args.threads or max(1, cores // parallel)  # torch threads and env workers of each run
+    on_ray = isinstance(runner, cluster.OnRay)
+    parallel = args.parallel or (len(runs) if on_ray else cores)  # on Ray, the cluster's free CPUs decide
+    per_run = args.threads or (1 if on_ray else max(1, cores // parallel))  # torch threads and env workers
     pending = []
     for run in runs:
         status = run_status(run, args.total_timesteps)
@@ -228,65 +215,45 @@ def train_all(runs, args):
             if args.results and not exported_population(run, args):
                 export_run(run, args)
         else:
-            if status == "new":  # a run killed before its first checkpoint starts over
-                shutil.rmtree(f"{run.directory}/runs", ignore_errors=True)
             pending.append((run, status))
     if not pending:
         return
     print(
-        f"training {len(pending)} run(s), {min(parallel, len(pending))} at a time, {per_run} torch thread(s) and "
-        f"{per_run} env worker(s) each; logs in {args.out}/<run>/train.log",
+        f"training {len(pending)} run(s) on {runner.where}, {min(parallel, len(pending))} at a time, {per_run} torch "
+        f"thread(s) and {per_run} env worker(s) each; logs in {args.out}/<run>/train.log",
         flush=True,
     )
-    running, failed, last_print, progress_of = {}, [], 0.0, {}
+    running, failed, last_print = {}, [], 0.0
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 run, status = pending.pop(0)
-                os.makedirs(run.directory, exist_ok=True)
-                log = open(f"{run.directory}/train.log", "a")
-                command = train_command(run, args, status, per_run)
-                log.write(f"$ {shlex.join(command)}\n")
-                log.flush()
-                # its own session: a Ctrl-C reaches the study alone, which forwards exactly one SIGINT
-                running[run.name] = (
-                    run,
-                    log,
-                    subprocess.Popen(
-                        command,
-                        cwd=run.directory,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=thread_env(per_run),
-                        start_new_session=True,
-                    ),
-                )
+                runner.start(train_job(run, args, per_run))
+                running[run.name] = (run, Progress(run, args.total_timesteps))
                 print(f"{run.name}: {'resumed from ' + run.checkpoint() if status == 'resume' else 'started'}", flush=True)
-                progress_of[run.name] = Progress(run, args.total_timesteps)
             time.sleep(1)
-            for name, (run, log, process) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                if process.returncode == 0:
-                    print(f"{name}: finished", flush=True)
+            for done in runner.finished():
+                run, _ = running.pop(done.name)
+                where = f" on {done.where}" if done.where else ""
+                if done.returncode == 0:
+                    print(f"{done.name}: finished{where}", flush=True)
                     if args.results:
                         export_run(run, args)
                 else:
                     failed.append(run)
-                    print(f"{name}: FAILED (exit code {process.returncode}), see {run.directory}/train.log", flush=True)
+                    print(
+                        f"{done.name}: FAILED (exit code {done.returncode}){where}, see {run.directory}/train.log; "
+                        f"its last lines:\n" + "\n".join(f"    {line}" for line in done.tail.splitlines()),
+                        flush=True,
+                    )
             if running and time.time() - last_print > 60:
                 last_print = time.time()
-                for name, (run, _, _) in running.items():
-                    progress = progress_of[name].line()
-                    if progress:
-                        print(f"  {name}: {progress}", flush=True)
+                for name, (_, progress) in running.items():
+                    line = progress.line()
+                    if line:
+                        print(f"  {name}: {line}", flush=True)
     except KeyboardInterrupt:
-        for run, log, process in running.values():  # the scripts save a checkpoint on Ctrl-C
-            process.send_signal(signal.SIGINT)
-        for run, log, process in running.values():
-            process.wait()
+        runner.interrupt()  # the scripts save a checkpoint on Ctrl-C
         raise SystemExit("interrupted: checkpoints saved; the same command continues the study") from None
     if failed:
         raise SystemExit(
@@ -746,15 +713,7 @@ def untrained_checkpoints(out, substrate, like, count):
     return paths
 
 
-def _init_quiet_worker():
-    """An evaluation worker (eval_scenarios') whose stderr is closed: some substrates' engines print
-    warnings at every episode's build, which would bury the progress bar. Errors still come back as
-    exceptions."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    eval_scenarios._init_worker(False)
-
-
-def crossplay(populations, backgrounds, args):
+def crossplay(populations, backgrounds, args, runner=None):
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
@@ -804,7 +763,8 @@ def crossplay(populations, backgrounds, args):
     os.makedirs(f"{args.out}/crossplay", exist_ok=True)
     num_workers = args.num_workers or os.cpu_count() or 1
     print(
-        f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, {num_workers} worker(s)",
+        f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
+        + (runner.where if isinstance(runner, cluster.OnRay) else f"{num_workers} worker(s)"),
         flush=True,
     )
     jobs, episodes = [], {}
@@ -824,7 +784,7 @@ def crossplay(populations, backgrounds, args):
             utils.save_json(cache, {"key": key, "episodes": pair})
 
     try:
-        eval_scenarios.run_episodes(jobs, num_workers, "cross-play", record, initializer=_init_quiet_worker, initargs=())
+        (runner or cluster.Local()).episodes(jobs, num_workers, "cross-play", record)
     except KeyboardInterrupt:
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
     finally:
@@ -1274,6 +1234,10 @@ def check_study(args):
     for name in ["parallel", "threads", "num_workers", "snapshot_every"]:
         if getattr(args, name) is not None and getattr(args, name) < (0 if name == "snapshot_every" else 1):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.ray_gpus < 0:
+        raise SystemExit(f"error: --ray-gpus must be at least 0 (a share of a GPU per training run), got {args.ray_gpus:g}")
+    if args.ray_gpus and not args.ray:
+        raise SystemExit("error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray")
     if args.num_untrained < 0:
         raise SystemExit(f"error: --num-untrained must be >= 0, got {args.num_untrained}")
     if args.reference is not None and args.reference[1] <= args.reference[0]:
@@ -1341,7 +1305,10 @@ if __name__ == "__main__":
                 f"({', '.join(missing)}); run the study's command (study.json) to train them"
             )
     else:
-        train_all(runs, args)
+        runner = cluster.backend(args)
+        if isinstance(runner, cluster.OnRay):
+            print(runner.description, flush=True)
+        train_all(runs, args, runner)
     training = training_summary(runs, args.results)
     curves = learning_curves(runs, args.results, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
     if training:
@@ -1381,7 +1348,7 @@ if __name__ == "__main__":
         backgrounds[UNTRAINED] = tuple(
             untrained_checkpoints(args.out, args.substrate, populations[0].checkpoint, args.num_untrained)
         )
-    results = crossplay(populations, backgrounds, args)
+    results = crossplay(populations, backgrounds, args, None if args.from_results else runner)
     matrix, summary = statistics(populations, results, args)
     table = write_outputs(populations, backgrounds, results, matrix, summary, args)
     print(f"\n{table}\n")

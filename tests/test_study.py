@@ -19,6 +19,7 @@ import torch
 from conftest import ALGORITHM_SCRIPTS, ROOT, TINY, run_script
 from test_mappo import error_line
 
+import cluster
 from study import (
     RANDOM,
     UNTRAINED,
@@ -33,7 +34,7 @@ from study import (
     statistics,
     summarise_method,
     summarise_reference,
-    train_command,
+    train_job,
     training_summary,
     write_outputs,
 )
@@ -84,15 +85,17 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path):
     run = Run(Method("mappo", "mappo", ("--num-envs", "4")), 2, str(tmp_path / "mappo__seed2"))
     args = SimpleNamespace(substrate="coins", total_timesteps=10 * 4 * 128, snapshot_every=5, train_flags="--num-steps 128")
     assert run_status(run, args.total_timesteps) == "new"
-    command = train_command(run, args, "new", 1)
+    os.makedirs(f"{run.directory}/runs/killed_before_its_first_checkpoint")
+    command = cluster.command_in(train_job(run, args, 1), cluster.ROOT, run.directory)
     assert command[1].endswith("mappo.py") and "--resume" not in command
+    assert not os.path.exists(f"{run.directory}/runs"), "a run killed before its first checkpoint starts over"
     assert command[command.index("--seed") + 1] == "2" and command[command.index("--num-workers") + 1] == "1"
     assert command[command.index("--torch-threads") + 1] == "1"
     assert command.index("--num-steps") < command.index("--num-envs"), "the method's flags come last"
 
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=7, num_envs=4)
     assert run_status(run, args.total_timesteps) == "resume", "7 of 10 iterations: resume"
-    command = train_command(run, args, "resume", 1)
+    command = cluster.command_in(train_job(run, args, 1), cluster.ROOT, run.directory)
     assert command[-2:] == ["--resume", f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt"]  # absolute (tmp_path)
 
     fake_checkpoint(f"{run.directory}/runs/coins__mappo__2__1/checkpoint.pt", iteration=10, num_envs=4)
@@ -374,6 +377,11 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
             "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
         ),
         (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
+        (["--ray-gpus", "0.5"], "error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray"),
+        (
+            ["--ray", "auto", "--ray-gpus", "-1"],
+            "error: --ray-gpus must be at least 0 (a share of a GPU per training run), got -1",
+        ),
     ],
 )
 def test_bad_input_gets_one_line_errors(tmp_path, flags, expected):
