@@ -475,7 +475,9 @@ def initial_p_state(args):
         arms = len(args.p_arms)
         return {"p": args.p_arms[0], "arm": 0, "counts": [0.0] * arms, "sums": [0.0] * arms, "last_arm": -1,
                 "last_phi": math.nan, "scale": math.nan}  # fmt: skip
-    return {"p": args.p, "phi": math.nan, "theta": math.nan, "drop": math.nan}
+    if args.p_schedule == "controller":  # its averages start at the first rollout that measures them
+        return {"p": args.p, "phi": math.nan, "theta": math.nan, "drop": math.nan}
+    return {"p": args.p}
 
 
 def smooth(average, value, weight=P_SMOOTHING):
