@@ -5,7 +5,8 @@ references (random_policy.py --output), plays nothing.
     python benchmarks/regime_scan.py results/scan1m_*
 
 A substrate qualifies (issue 25) when at least 2 of 3 seeds (two thirds of them) reach a self-play
-return of at least 2x uniform random play and the gap (self-play - held-out) is separated from 0; a
+return of at least 2x uniform random play (where random play loses, as in coins, at least 0: as far
+above random play as random play is below 0) and the gap (self-play - held-out) is separated from 0; a
 competitive (zero-sum) substrate, where every population earns 0 beside itself and random play earns 0,
 qualifies when the held-out returns of two seeds differ by more than their intervals (populations
 exploitable by strangers).
@@ -38,6 +39,12 @@ class Args:
     """the method whose populations are judged"""
 
 
+def learned_above(random_play):
+    """The self-play return that counts as learned: 2x random play, or 0 where random play is negative
+    (2x a loss would be a bigger loss)."""
+    return max(2 * random_play, 0.0)
+
+
 def judge(folder, random_play, method="mappo"):
     """One substrate's row: its numbers and whether it qualifies."""
     with open(f"{folder}/study.json") as f:
@@ -57,7 +64,7 @@ def judge(folder, random_play, method="mappo"):
     held = [[r for b in names if b != n for r in pairs[n, b]] for n in names]
     held_ci = [(np.mean(h), eval_scenarios.confidence_interval(h)) for h in held]
     exploitable = any(a[0] - a[1] > b[0] + b[1] for a in held_ci for b in held_ci)
-    learned = sum(s >= 2 * random_play for s in self_play)
+    learned = sum(s >= learned_above(random_play) for s in self_play)
     competitive = saved["substrate"] in COMPETITIVE
     gap_separated = summary["gap"][1] > 0
     # zero-sum: every population earns 0 beside itself on average, so "2x random" says nothing there
@@ -80,7 +87,7 @@ def judge(folder, random_play, method="mappo"):
 def markdown(rows):
     interval = study.interval
     lines = [
-        "| substrate | env steps | uniform random play | self-play per seed | seeds >= 2x random | self-play | held-out | "
+        "| substrate | env steps | uniform random play | self-play per seed | seeds learned | self-play | held-out | "
         "gap | held-out per seed | qualifies |",
         "|" + "---|" * 10,
     ]

@@ -151,3 +151,9 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     assert row["competitive"] and not row["exploitable"] and not row["qualifies"]
     assert "| 2M | 0.00 | 4.00, 4.00, 1.50 | n/a (zero-sum) |" in regime_scan.markdown([row])
     assert "**no** (exploitable: no)" in regime_scan.markdown([row])
+    # random play that loses (coins): learned means at least 0, not 2x the loss
+    saved["args"]["substrate"] = "coins"
+    json.dump(saved, open(folder / "study.json", "w"))
+    episodes[names[2], names[2]] = [-0.5] * 3
+    study.write_committed_episodes(str(folder), keys, episodes)
+    assert regime_scan.judge(str(folder), -1.0)["learned"] == 2
