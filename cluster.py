@@ -89,6 +89,21 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def _interrupt_with_parent(parent):
+    """preexec_fn of a local training run: the kernel sends it SIGINT, a Ctrl-C, when the study dies, however
+    it died (SIGKILL, the machine's OOM killer), so that the run saves a checkpoint and ends instead of
+    training on, orphaned, beside the rerun that resumes it (two processes writing one run)."""
+
+    def preexec():
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the study died before the call: nothing will signal us
+            os._exit(1)
+
+    return preexec
+
+
 def _quiet_episode_worker():
     """A local evaluation worker whose stderr is closed: some substrates' engines print warnings at every
     episode's build, which would bury the progress bar. Errors still come back as exceptions."""
@@ -124,6 +139,7 @@ class Local:
             stderr=subprocess.STDOUT,
             env=thread_env(job.threads),
             start_new_session=True,
+            preexec_fn=_interrupt_with_parent(os.getpid()),
         )
         self.running[job.name] = (job, log, process)
 

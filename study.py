@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -1288,6 +1289,7 @@ def check_study(args):
 
 if __name__ == "__main__":
     utils.quiet_interrupt("interrupted: the same command continues the study")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill`, a scheduler's stop: a Ctrl-C
     args = utils.cli(Args)
     if args.from_results:
         args = args_from_results(args.from_results)

@@ -327,7 +327,25 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
+def processes_in(directory):
+    """PIDs of live processes whose working directory lies under `directory` (a study's training runs)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(directory)):
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "kill", "kill-9"])
+def test_a_stopped_study_keeps_checkpoints_and_the_same_command_resumes(tmp_path, stop):
+    """A Ctrl-C or a `kill` stops the study in order (its runs save a checkpoint, one line says so); a
+    study killed outright leaves no run training on, orphaned, beside the rerun: the kernel interrupts
+    each run, which saves its checkpoint. Either way the same command resumes the run."""
     flags = [
         "--out",
         "study",
@@ -352,10 +370,17 @@ def test_ctrl_c_keeps_checkpoints_and_the_same_command_resumes(tmp_path):
     deadline = time.time() + 120
     while not glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt") and time.time() < deadline:
         time.sleep(0.5)
-    study.send_signal(signal.SIGINT)
+    assert processes_in(tmp_path / "study"), "the run trains in its own directory under the study's"
+    study.send_signal(stop)
     out, err = study.communicate(timeout=60)
-    assert study.returncode == 1 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "interrupted: checkpoints saved; the same command continues the study"
+    if stop == signal.SIGKILL:
+        deadline = time.time() + 60
+        while processes_in(tmp_path / "study") and time.time() < deadline:
+            time.sleep(0.5)
+        assert not processes_in(tmp_path / "study"), "a run outlived its killed study"
+    else:
+        assert study.returncode == 1 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "interrupted: checkpoints saved; the same command continues the study"
     (checkpoint,) = glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt")
     stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 1 <= stopped_at < 50
