@@ -157,3 +157,35 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     episodes[names[2], names[2]] = [-0.5] * 3
     study.write_committed_episodes(str(folder), keys, episodes)
     assert regime_scan.judge(str(folder), -1.0)["learned"] == 2
+
+
+def test_conventions_shares_a_populations_inventories_over_steps_and_players(monkeypatch):
+    """Two steps of two players holding 1+0, 0+2 and 1+0, 0+1 of three resources: shares 2/5, 2/5, 1/5;
+    an empty inventory throughout has no share (nan), not a division by zero."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import conventions
+
+    steps = [[[1, 0, 0], [0, 2, 0]], [[1, 0, 0], [0, 0, 1]]]
+    assert conventions.inventory_shares(steps).tolist() == [0.4, 0.4, 0.2]
+    assert np.isnan(conventions.inventory_shares(np.zeros((3, 2, 2)))).all()
+
+
+def test_conventions_reads_a_committed_population_beside_itself():
+    """A committed pure_coordination population, 40 steps of one self-play episode: one table row whose
+    three resource shares sum to 1, and a one-line error for a file that is not there."""
+    population = os.path.join(ROOT, "results", "pure_coordination_2m", "runs", "mappo__seed1", "population.pt")
+    script = os.path.join(ROOT, "benchmarks", "conventions.py")
+    result = subprocess.run(
+        [sys.executable, script, population, "--episodes", "1", "--max-steps", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| mappo__seed1 |"))
+    shares = [float(cell) for cell in row.split("|")[2:5]]
+    assert abs(sum(shares) - 1) < 0.02 and "resource 3" in result.stdout
+    missing = subprocess.run([sys.executable, script, "nowhere.pt"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == ["error: population nowhere.pt: no such file"]
