@@ -24,6 +24,7 @@ import utils
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LOG_TAIL = 5  # lines of a failed run's log printed with its failure
+INTERRUPT_AGAIN_S = 20  # a run still alive this long after a SIGINT missed it: it was starting its env workers
 
 
 @dataclass
@@ -156,7 +157,12 @@ class Local:
         for _, _, process in self.running.values():
             process.send_signal(signal.SIGINT)
         for _, log, process in self.running.values():
-            process.wait()
+            while True:  # a run ignores SIGINT while it starts its env workers (utils.sigint_ignored): ask again
+                try:
+                    process.wait(timeout=INTERRUPT_AGAIN_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGINT)
             log.close()
 
     def episodes(self, jobs, num_workers, desc, on_result):

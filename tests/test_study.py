@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -387,6 +388,26 @@ def test_a_stopped_study_keeps_checkpoints_and_the_same_command_resumes(tmp_path
     result = run_script("study.py", *flags, cwd=tmp_path, timeout=300)
     assert "mappo__seed1: resumed from" in result.stdout
     assert torch.load(checkpoint, weights_only=True)["iteration"] == 50
+
+
+def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp_path, monkeypatch):
+    """A run ignores SIGINT while it starts its env workers; a study's Ctrl-C that lands then must not leave
+    the study waiting for the whole run (found: a study stopped as its next run started waited on it)."""
+    monkeypatch.setattr(cluster, "INTERRUPT_AGAIN_S", 0.5)
+    starting = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(1); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(600)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", starting], stderr=subprocess.DEVNULL)
+    local = cluster.Local()
+    local.running["mappo__seed2"] = (None, open(tmp_path / "train.log", "w"), process)
+    time.sleep(0.2)  # the child is ignoring SIGINT
+    stopper = threading.Thread(target=local.interrupt, daemon=True)
+    stopper.start()
+    stopper.join(timeout=60)
+    alive = process.poll() is None
+    process.kill()
+    assert not alive and process.returncode == -signal.SIGINT, "the run ended on a second SIGINT"
 
 
 @pytest.mark.parametrize(
