@@ -95,10 +95,12 @@ def _interrupt_with_parent(parent):
     it died (SIGKILL, the machine's OOM killer), so that the run saves a checkpoint and ends instead of
     training on, orphaned, beside the rerun that resumes it (two processes writing one run)."""
 
-    def preexec():
-        import ctypes
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen between fork and exec
+
+    def preexec():
+        prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the study died before the call: nothing will signal us
             os._exit(1)
 
