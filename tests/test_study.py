@@ -327,7 +327,6 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
     assert torch.load(checkpoint, weights_only=True)["iteration"] == 2
 
 
-@pytest.mark.slow
 def processes_in(directory):
     """PIDs of live processes whose working directory lies under `directory` (a study's training runs)."""
     pids = []
@@ -342,6 +341,7 @@ def processes_in(directory):
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "kill", "kill-9"])
 def test_a_stopped_study_keeps_checkpoints_and_the_same_command_resumes(tmp_path, stop):
     """A Ctrl-C or a `kill` stops the study in order (its runs save a checkpoint, one line says so); a
