@@ -346,7 +346,7 @@ def processes_in(directory):
 def test_a_stopped_study_keeps_checkpoints_and_the_same_command_resumes(tmp_path, stop):
     """A Ctrl-C or a `kill` stops the study in order (its runs save a checkpoint, one line says so); a
     study killed outright leaves no run training on, orphaned, beside the rerun: the kernel interrupts
-    each run, which saves its checkpoint. Either way the same command resumes the run."""
+    each run, which saves its checkpoint. The same command resumes from it (shown after the Ctrl-C)."""
     flags = [
         "--out",
         "study",
@@ -385,6 +385,8 @@ def test_a_stopped_study_keeps_checkpoints_and_the_same_command_resumes(tmp_path
     (checkpoint,) = glob.glob(f"{tmp_path}/study/mappo__seed1/runs/*/checkpoint.pt")
     stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 1 <= stopped_at < 50
+    if stop != signal.SIGINT:
+        return  # a checkpoint short of the end: resumed as below, whatever stopped it
     result = run_script("study.py", *flags, cwd=tmp_path, timeout=300)
     assert "mappo__seed1: resumed from" in result.stdout
     assert torch.load(checkpoint, weights_only=True)["iteration"] == 50
