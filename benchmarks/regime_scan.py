@@ -6,10 +6,12 @@ references (random_policy.py --output), plays nothing.
 
 A substrate qualifies (issue 25) when at least 2 of 3 seeds (two thirds of them) reach a self-play
 return of at least 2x uniform random play (where random play loses, as in coins, at least 0: as far
-above random play as random play is below 0) and the gap (self-play - held-out) is separated from 0; a
-competitive (zero-sum) substrate, where every population earns 0 beside itself and random play earns 0,
-qualifies when the held-out returns of two seeds differ by more than their intervals (populations
-exploitable by strangers).
+above random play as random play is below 0) and the gap (self-play - held-out) is separated from 0, or,
+for a competitive substrate, when the held-out returns of two seeds differ by more than their intervals
+(populations exploitable by strangers). Common interest (pure_coordination) is judged by the gap alone:
+there, unequal held-out returns mean unequal skill, not exploitation. Zero-sum (running_with_scissors),
+where every population earns 0 beside itself, by exploitability alone. The mixed-motive games (social
+dilemmas: coins, chicken, stag_hunt, prisoners_dilemma; bach_or_stravinsky) by either.
 """
 
 import json
@@ -26,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval_scenarios  # noqa: E402
 import study  # noqa: E402
 
-COMPETITIVE = {"running_with_scissors_in_the_matrix__repeated"}  # zero-sum: judged by exploitability
+KINDS = {  # how a substrate is judged; any other is mixed-motive, judged by the gap or by exploitability
+    "pure_coordination_in_the_matrix__repeated": "common interest",
+    "running_with_scissors_in_the_matrix__repeated": "zero-sum",
+}
 
 
 @dataclass
@@ -65,10 +70,10 @@ def judge(folder, random_play, method="mappo"):
     held_ci = [(np.mean(h), eval_scenarios.confidence_interval(h)) for h in held]
     exploitable = any(a[0] - a[1] > b[0] + b[1] for a in held_ci for b in held_ci)
     learned = sum(s >= learned_above(random_play) for s in self_play)
-    competitive = saved["substrate"] in COMPETITIVE
-    gap_separated = summary["gap"][1] > 0
+    kind = KINDS.get(saved["substrate"], "mixed motive")
+    gap_rule = learned >= 2 * len(names) / 3 and summary["gap"][1] > 0
     # zero-sum: every population earns 0 beside itself on average, so "2x random" says nothing there
-    qualifies = exploitable if competitive else learned >= 2 * len(names) / 3 and gap_separated
+    qualifies = {"common interest": gap_rule, "zero-sum": exploitable}.get(kind, gap_rule or exploitable)
     return {
         "substrate": saved["substrate"].removesuffix("_in_the_matrix__repeated"),
         "steps": saved["total_timesteps"],
@@ -79,7 +84,8 @@ def judge(folder, random_play, method="mappo"):
         "summary": summary,
         "held_out_seeds": held_ci,
         "exploitable": exploitable,
-        "competitive": competitive,
+        "kind": kind,
+        "competitive": kind == "zero-sum",
         "qualifies": qualifies,
     }
 
@@ -93,9 +99,11 @@ def markdown(rows):
     ]
     for r in rows:
         s = r["summary"]
-        rule = ("exploitable: " if r["competitive"] else "gap > 0: ") + (
-            "yes" if (r["exploitable"] if r["competitive"] else s["gap"][1] > 0) else "no"
-        )
+        yes = {True: "yes", False: "no"}
+        rules = {"gap > 0": s["gap"][1] > 0, "exploitable": r["exploitable"]}
+        if r["kind"] != "mixed motive":
+            rules.pop("exploitable" if r["kind"] == "common interest" else "gap > 0")
+        rule = ", ".join(f"{name}: {yes[bool(value)]}" for name, value in rules.items())
         lines.append(
             " | ".join(
                 [

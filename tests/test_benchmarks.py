@@ -141,7 +141,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     assert row["summary"]["self_play"][0] == np.mean([4.0, 4.0, 1.5]) and row["summary"]["held_out"][0] == 1.0
     assert row["summary"]["gap"][1] > 0
     assert "| stag_hunt | 2M | 1.00 | 4.00, 4.00, 1.50 | 2 of 3 |" in regime_scan.markdown([row])
-    assert "**yes** (gap > 0: yes)" in regime_scan.markdown([row])
+    assert "**yes** (gap > 0: yes, exploitable: no)" in regime_scan.markdown([row])  # mixed motive: both rules
     row = regime_scan.judge(str(folder), 2.5)
     assert row["learned"] == 0 and not row["qualifies"]
     saved = json.load(open(folder / "study.json"))
@@ -157,6 +157,19 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     episodes[names[2], names[2]] = [-0.5] * 3
     study.write_committed_episodes(str(folder), keys, episodes)
     assert regime_scan.judge(str(folder), -1.0)["learned"] == 2
+    # seed 1 loses beside strangers (-5) while the others earn 1: exploitable, which qualifies a mixed-motive
+    # substrate (coins) without a gap, but not a common-interest one, where it would be unequal skill
+    for b in names[1:]:
+        episodes[names[0], b] = [-5.0, -5.1, -4.9]
+    study.write_committed_episodes(str(folder), keys, episodes)
+    row = regime_scan.judge(str(folder), -1.0)
+    assert row["exploitable"] and row["qualifies"] and row["kind"] == "mixed motive"
+    assert "(gap > 0: " in regime_scan.markdown([row]) and ", exploitable: yes)" in regime_scan.markdown([row])
+    saved["args"]["substrate"] = "pure_coordination_in_the_matrix__repeated"
+    json.dump(saved, open(folder / "study.json", "w"))
+    row = regime_scan.judge(str(folder), -1.0)
+    assert row["exploitable"] and row["qualifies"] == (row["summary"]["gap"][1] > 0)
+    assert "exploitable" not in regime_scan.markdown([row])
 
 
 def test_conventions_shares_a_populations_inventories_over_steps_and_players(monkeypatch):
