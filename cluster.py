@@ -82,26 +82,19 @@ def log_tail(path, lines=LOG_TAIL):
         return ""
 
 
-def _die_with_parent():
-    """preexec_fn of a training subprocess on a cluster node: the kernel ends it (SIGTERM) when the Ray
-    worker running its task dies, so that a run on a lost node cannot go on writing beside its retry."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _interrupt_with_parent(parent):
-    """preexec_fn of a local training run: the kernel sends it SIGINT, a Ctrl-C, when the study dies, however
-    it died (SIGKILL, the machine's OOM killer), so that the run saves a checkpoint and ends instead of
-    training on, orphaned, beside the rerun that resumes it (two processes writing one run)."""
-
+def _signal_when_parent_dies(signum):
+    """preexec_fn of a training subprocess: the kernel sends it `signum` when the process that starts it dies,
+    however it died (SIGKILL, the OOM killer, a lost Ray worker), so that no run trains on, orphaned, beside
+    the rerun or retry that resumes it (two processes writing one run). A local study's runs get SIGINT, a
+    Ctrl-C: they save a checkpoint and end. A Ray task's get SIGTERM: the task's retry owns the run."""
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen between fork and exec
+    parent = os.getpid()
 
     def preexec():
-        prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the study died before the call: nothing will signal us
+        prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: nothing will signal us
             os._exit(1)
 
     return preexec
@@ -142,7 +135,7 @@ class Local:
             stderr=subprocess.STDOUT,
             env=thread_env(job.threads),
             start_new_session=True,
-            preexec_fn=_interrupt_with_parent(os.getpid()),
+            preexec_fn=_signal_when_parent_dies(signal.SIGINT),
         )
         self.running[job.name] = (job, log, process)
 
@@ -244,7 +237,7 @@ def train_on_node(job, token_path, token):
             stderr=subprocess.STDOUT,
             env=thread_env(job.threads),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_signal_when_parent_dies(signal.SIGTERM),
         )
         try:
             returncode = process.wait()
