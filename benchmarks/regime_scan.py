@@ -85,7 +85,6 @@ def judge(folder, random_play, method="mappo"):
         "held_out_seeds": held_ci,
         "exploitable": exploitable,
         "kind": kind,
-        "competitive": kind == "zero-sum",
         "qualifies": qualifies,
     }
 
@@ -111,7 +110,7 @@ def markdown(rows):
                     f"{r['steps'] / 1e6:g}M",
                     f"{r['random']:.2f}",
                     ", ".join(f"{v:.2f}" for v in r["self_play_seeds"]),
-                    "n/a (zero-sum)" if r["competitive"] else f"{r['learned']} of {r['seeds']}",
+                    "n/a (zero-sum)" if r["kind"] == "zero-sum" else f"{r['learned']} of {r['seeds']}",
                     interval(s["self_play"]),
                     interval(s["held_out"]),
                     interval(s["gap"]),

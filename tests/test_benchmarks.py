@@ -137,7 +137,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
         open(folder / "study.json", "w"),
     )
     row = regime_scan.judge(str(folder), 1.0)
-    assert row["learned"] == 2 and row["qualifies"] and not row["competitive"]
+    assert row["learned"] == 2 and row["qualifies"] and row["kind"] == "mixed motive"
     assert row["summary"]["self_play"][0] == np.mean([4.0, 4.0, 1.5]) and row["summary"]["held_out"][0] == 1.0
     assert row["summary"]["gap"][1] > 0
     assert "| stag_hunt | 2M | 1.00 | 4.00, 4.00, 1.50 | 2 of 3 |" in regime_scan.markdown([row])
@@ -148,7 +148,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     saved["args"]["substrate"] = "running_with_scissors_in_the_matrix__repeated"
     json.dump(saved, open(folder / "study.json", "w"))
     row = regime_scan.judge(str(folder), 0.0)  # zero-sum: judged by exploitability alone
-    assert row["competitive"] and not row["exploitable"] and not row["qualifies"]
+    assert row["kind"] == "zero-sum" and not row["exploitable"] and not row["qualifies"]
     assert "| 2M | 0.00 | 4.00, 4.00, 1.50 | n/a (zero-sum) |" in regime_scan.markdown([row])
     assert "**no** (exploitable: no)" in regime_scan.markdown([row])
     # random play that loses (coins): learned means at least 0, not 2x the loss
