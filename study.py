@@ -365,16 +365,50 @@ def training_summary(runs, results=None):
     return "\n".join(lines)
 
 
-def run_curve(run, results=None):
-    """A run's training curves binned over env steps (`binned_curves`): from its own log, or from the
-    training.csv exported with it to `results`; None when it has neither."""
+def run_curve(run, results=None, tags=(RETURN_TAG,)):
+    """A run's training curves of `tags` (None: every scalar) binned over env steps (`binned_curves`): from its
+    own log, or from the training.csv exported with it to `results` (which holds every scalar); None when it has
+    neither."""
     import pandas as pd
 
     exported = results and f"{results}/runs/{run.name}/training.csv"
     if run.checkpoint() is not None:
         last = utils.read_file(run.checkpoint(), f"the checkpoint of {run.name}:")["global_step"]
-        return binned_curves(run_scalars(os.path.dirname(run.checkpoint()), [RETURN_TAG]), last)
+        return binned_curves(run_scalars(os.path.dirname(run.checkpoint()), tags), last)
     return pd.read_csv(exported) if exported and os.path.exists(exported) else None
+
+
+def per_interval(curve, tag, edges):
+    """A run's `tag` averaged over each interval of env steps between `edges`, from its binned curve: the bins'
+    means weighted by the episodes they hold (RETURN_TAG, which counts them) or equally (any other scalar);
+    nan where no bin of an interval has a value."""
+    values = curve[tag].to_numpy(dtype=float)
+    count_column = f"{tag} (count)"
+    weights = curve[count_column].to_numpy(dtype=float) if count_column in curve else np.ones(len(curve))
+    weights = np.where(np.isnan(values), 0.0, weights)
+    which = np.clip(np.searchsorted(edges, curve.step_end.to_numpy(), side="left") - 1, 0, len(edges) - 2)
+    with np.errstate(invalid="ignore"):
+        return np.bincount(which, weights * np.nan_to_num(values), len(edges) - 1) / np.bincount(
+            which, weights, len(edges) - 1
+        )
+
+
+def seeds_cell(values):
+    """One table cell of a quantity per seed: '-' (none measured), the value (one seed), or 'mean (min-max)'."""
+    if np.isnan(values).all():
+        return "-"
+    return (
+        f"{np.nanmean(values):.2f}"
+        if len(values) == 1
+        else f"{np.nanmean(values):.2f} ({np.nanmin(values):.2f}-{np.nanmax(values):.2f})"
+    )
+
+
+def tenths_header(total, points):
+    """The edges of `points` equal intervals of `total` env steps, and a table's header and rule over them."""
+    edges = np.linspace(0, total, points + 1)
+    label = lambda x: f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}K"  # noqa: E731
+    return edges, " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:]))
 
 
 def learning_curves(runs, results, total, path, title, points=10):
@@ -393,33 +427,14 @@ def learning_curves(runs, results, total, path, title, points=10):
             curves.setdefault(run.method.label, []).append(curve)
     if not curves:
         return ""
-    edges = np.linspace(0, total, points + 1)  # tenths of --total-timesteps
-    label = lambda x: f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}K"  # noqa: E731
-    lines = [
-        "| method | seeds | " + " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:])) + " |",
-        "|" + "---|" * (points + 2),
-    ]
+    edges, header = tenths_header(total, points)
+    lines = [f"| method | seeds | {header} |", "|" + "---|" * (points + 2)]
     fig, ax = plt.subplots(figsize=(7, 4))
     for m, (method, runs_curves) in enumerate(curves.items()):
-        per_seed = []
+        per_seed = np.array([per_interval(curve, RETURN_TAG, edges) for curve in runs_curves])
         for curve in runs_curves:
-            count_column = f"{RETURN_TAG} (count)"
-            counts = curve[count_column].to_numpy() if count_column in curve else np.ones(len(curve))
-            values = np.nan_to_num(curve[RETURN_TAG].to_numpy())
-            which = np.clip(np.searchsorted(edges, curve.step_end.to_numpy(), side="left") - 1, 0, points - 1)
-            with np.errstate(invalid="ignore"):
-                per_seed.append(np.bincount(which, counts * values, points) / np.bincount(which, counts, points))
             ax.plot(curve.step_end, curve[RETURN_TAG], color=f"C{m}", alpha=0.3, linewidth=0.8)
-        per_seed = np.array(per_seed)
-        cells = [
-            "-"
-            if np.isnan(c).all()
-            else f"{np.nanmean(c):.2f}"
-            if len(c) == 1
-            else f"{np.nanmean(c):.2f} ({np.nanmin(c):.2f}-{np.nanmax(c):.2f})"
-            for c in per_seed.T
-        ]
-        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(seeds_cell(c) for c in per_seed.T) + " |")
         with np.errstate(invalid="ignore"):
             mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
         ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2.5, label=method)
@@ -429,6 +444,55 @@ def learning_curves(runs, results, total, path, title, points=10):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return "\n".join(lines)
+
+
+def own_scalars_through_training(runs, results, total, path, title, points=10):
+    """Every scalar of a method's own TensorBoard namespaces (BiDist's distill/ and mixed/, say) through
+    training: per method and scalar, its mean over each tenth of training (mean over seeds, and their range),
+    as a markdown table, and diagnostics.png at `path`, a panel per scalar (thin: seeds, binned; thick: the
+    method's mean per tenth). '' and no picture when no method logs a scalar of its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for run in runs:
+        curve = run_curve(run, results, tags=None)
+        if curve is not None:
+            curves.setdefault(run.method.label, []).append(curve)
+    own = lambda curve: [t for t in curve if "/" in t and t.split("/")[0] not in SHARED_NAMESPACES and not t.endswith(")")]  # noqa: E731
+    tags = sorted({tag for method_curves in curves.values() for curve in method_curves for tag in own(curve)})
+    if not tags:
+        return ""
+    edges, header = tenths_header(total, points)
+    lines = [f"| method | scalar | seeds | {header} |", "|" + "---|" * (points + 3)]
+    columns = min(4, len(tags))
+    rows = -(-len(tags) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for m, (method, method_curves) in enumerate(curves.items()):
+            logged = [curve for curve in method_curves if tag in curve]
+            if not logged:
+                continue
+            per_seed = np.array([per_interval(curve, tag, edges) for curve in logged])
+            lines.append(f"| {method} | {tag} | {len(logged)} | " + " | ".join(seeds_cell(c) for c in per_seed.T) + " |")
+            for curve in logged:
+                ax.plot(curve.step_end, curve[tag], color=f"C{m}", alpha=0.3, linewidth=0.8)
+            with np.errstate(invalid="ignore"):
+                mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
+            ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2, label=method)
+        ax.set_title(tag, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_offset_text().set_fontsize(7)
+    for ax in axes.flat[len(tags) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: each method's own scalars over env steps (thin: seeds, binned; thick: mean per tenth)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return "\n".join(lines)
 
@@ -593,6 +657,7 @@ RESULT_FILES = [
     "results.md",
     "training.md",
     "learning_curves.png",
+    "diagnostics.png",
     "crossplay.csv",
     "crossplay_heatmap.png",
     "methods.png",
@@ -1313,6 +1378,9 @@ if __name__ == "__main__":
         train_all(runs, args, runner)
     training = training_summary(runs, args.results)
     curves = learning_curves(runs, args.results, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
+    diagnostics = own_scalars_through_training(
+        runs, args.results, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate
+    )
     if training:
         with open(f"{args.out}/training.md", "w") as f:
             f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
@@ -1320,6 +1388,11 @@ if __name__ == "__main__":
                 f.write(
                     f"\n## Learning curves\n\nthe trained slots' return per player over each tenth of training, "
                     f"mean over seeds (range); learning_curves.png\n\n{curves}\n"
+                )
+            if diagnostics:
+                f.write(
+                    f"\n## Each method's own scalars through training\n\nmean over each tenth of training, mean over "
+                    f"seeds (range); diagnostics.png\n\n{diagnostics}\n"
                 )
         print(f"\nfrom the runs' logs (mean over seeds, range):\n{training}\n\n{curves}\n")
     if args.train_only:

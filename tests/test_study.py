@@ -586,6 +586,32 @@ def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 10_000
 
 
+def test_own_scalars_through_training_average_each_tenth_per_method(tmp_path):
+    """A method's own scalars by hand: bins without a value do not count (KL 2 and 4 in the first half of seed
+    1's 100 steps, 6 in the second; seed 2 logs 8 and 10); the shared namespaces and a method with no scalar
+    of its own add no row, and a study where no method has one gets no table and no picture."""
+    from study import binned_curves, own_scalars_through_training
+
+    runs = []
+    for name, seed, kl in [("b", 1, ([10, 30, 70], [2.0, 4.0, 6.0])), ("b", 2, ([20, 80], [8.0, 10.0])), ("m", 1, None)]:
+        scalars = {
+            "charts/episodic_return": (np.array([50]), np.array([1.0])),
+            "losses/entropy": (np.array([50]), np.array([1.5])),
+        }
+        if kl:
+            scalars["distill/kl_after"] = tuple(np.array(v, dtype=float) for v in kl)
+        os.makedirs(tmp_path / f"res/runs/{name}__seed{seed}")
+        binned_curves(scalars, last=100, bins=10).to_csv(tmp_path / f"res/runs/{name}__seed{seed}/training.csv", index=False)
+        runs.append(Run(Method(name, "mappo", ()), seed, str(tmp_path / f"nowhere{name}{seed}")))
+    path = tmp_path / "diagnostics.png"
+    table = own_scalars_through_training(runs, str(tmp_path / "res"), 100, str(path), "t", points=2).splitlines()
+    assert table[0] == "| method | scalar | seeds | 0K-0.05K | 0.05K-0.1K |"
+    assert table[2:] == ["| b | distill/kl_after | 2 | 5.50 (3.00-8.00) | 8.00 (6.00-10.00) |"]
+    assert os.path.getsize(path) > 5_000  # a panel with its lines, not an empty figure
+    assert own_scalars_through_training(runs[2:], str(tmp_path / "res"), 100, str(tmp_path / "none.png"), "t") == ""
+    assert not os.path.exists(tmp_path / "none.png")
+
+
 def test_per_population_rows_pool_each_populations_episodes(tmp_path):
     from study import markdown_by_population
 
