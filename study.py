@@ -871,6 +871,18 @@ def held_out_mask(own, background):
     return background[..., None, :] != own[..., :, None]
 
 
+def held_out_of_draws(episodes, focal, background, own, rng):
+    """The held-out return of each bootstrap draw, (samples,): the drawn focal rows (samples, seeds) beside the
+    drawn background columns (samples, backgrounds), each pair's episodes redrawn; nan where a draw holds no
+    held-out pair."""
+    n = episodes.shape[-1]
+    picked = rng.integers(n, size=(*focal.shape, background.shape[1], n))  # the episodes of every pair drawn
+    values = episodes[focal[:, :, None, None], background[:, None, :, None], picked].mean(-1)  # (samples, focal, bg)
+    mask = held_out_mask(own[focal], background)
+    with np.errstate(invalid="ignore"):
+        return (values * mask).sum((1, 2)) / mask.sum((1, 2))
+
+
 def summarise_method(episodes, rows, own, samples, rng, columns=None):
     """Point estimates and 95% percentile-bootstrap intervals for one method.
 
@@ -891,15 +903,34 @@ def summarise_method(episodes, rows, own, samples, rng, columns=None):
     estimate["gap"] = estimate["self_play"] - estimate["held_out"]
     focal = rng.choice(rows, size=(samples, len(rows)))
     background = rng.choice(columns, size=(samples, len(columns)))
-    picked = rng.integers(n, size=(samples, len(rows), len(columns), n))  # the episodes of every pair drawn
-    values = episodes[focal[:, :, None, None], background[:, None, :, None], picked].mean(-1)  # (samples, focal, bg)
-    mask = held_out_mask(own[focal], background)
-    with np.errstate(invalid="ignore"):
-        held_out = (values * mask).sum((1, 2)) / mask.sum((1, 2))  # nan where a draw holds no held-out pair
+    held_out = held_out_of_draws(episodes, focal, background, own, rng)
     picked = rng.integers(n, size=(samples, len(rows), n))
     self_play = episodes[focal[:, :, None], own[focal][:, :, None], picked].mean((1, 2))
     draws = {"held_out": held_out, "self_play": self_play, "gap": self_play - held_out}
     return {key: (float(estimate[key]), *np.nanpercentile(draws[key], [2.5, 97.5]).tolist()) for key in estimate}
+
+
+def held_out_differences(episodes, methods_rows, samples, rng):
+    """Is one method harder to exploit, or better beside strangers, than another? For every ordered pair of
+    methods (a, b): a's held-out return minus b's, {(a, b): (difference, low, high)} with a 95% percentile-
+    bootstrap interval. `methods_rows` maps each method to its focal rows of `episodes` (focal, trained
+    background, episode). A draw redraws the background populations once for all methods (paired: both
+    meet the same strangers, so the difference does not vary with which strangers were drawn), then each
+    method's focal seeds and the episodes of every pair drawn, as summarise_method does."""
+    matrix = episodes.mean(-1)
+    columns, own = np.arange(matrix.shape[1]), np.arange(matrix.shape[0])
+    background = rng.choice(columns, size=(samples, len(columns)))
+    estimate, draws = {}, {}
+    for method, rows in methods_rows.items():
+        rows = np.asarray(rows)
+        estimate[method] = matrix[np.ix_(rows, columns)][held_out_mask(own[rows], columns)].mean()
+        draws[method] = held_out_of_draws(episodes, rng.choice(rows, size=(samples, len(rows))), background, own, rng)
+    return {
+        (a, b): (float(estimate[a] - estimate[b]), *np.nanpercentile(draws[a] - draws[b], [2.5, 97.5]).tolist())
+        for a in methods_rows
+        for b in methods_rows
+        if a != b
+    }
 
 
 def summarise_reference(episodes, samples, rng):
@@ -947,6 +978,10 @@ def statistics(populations, results, args):
             low, high = args.reference
             entry["held_out_normalised"] = tuple((v - low) / (high - low) for v in entry["held_out"])
         summary[method] = entry
+    if len(methods) > 1:
+        rows = {m: [i for i, p in enumerate(populations) if p.method == m] for m in methods}
+        for (a, b), difference in held_out_differences(episodes, rows, args.bootstrap_samples, rng).items():
+            summary[a].setdefault("held_out_minus", {})[b] = difference
     return matrix, summary
 
 
@@ -996,6 +1031,21 @@ def markdown_by_method(summary):
     return "\n".join(lines)
 
 
+def markdown_differences(summary):
+    """Row method x column method: the row's held-out return minus the column's [95% interval], in bold where
+    the interval excludes zero (the two methods are separated)."""
+    methods = list(summary)
+    lines = ["| method / minus | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for method, s in summary.items():
+        cells = []
+        for other in methods:
+            difference = s.get("held_out_minus", {}).get(other)
+            separated = difference is not None and (difference[1] > 0 or difference[2] < 0)
+            cells.append(f"**{interval(difference)}**" if separated else interval(difference))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_by_population(populations, results):
     """One row per focal population: its mean return beside itself, beside the populations it never met
     (every episode of those pairs pooled), and beside each reference, each +- the half-width of a 95%
@@ -1039,6 +1089,11 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
                 f"\n## Held-out by background method\n\nThe focal method's return beside one method's "
                 f"runs alone (beside its own method: its other seeds, never its own run)\n\n"
                 f"{markdown_by_method(summary)}\n"
+            )
+            f.write(
+                f"\n## Held-out differences between methods\n\nThe row method's held-out return minus the column "
+                f"method's [95% paired bootstrap interval: each draw meets both methods with the same background "
+                f"populations]; bold where the interval excludes zero\n\n{markdown_differences(summary)}\n"
             )
         f.write(
             f"\n## Per population\n\nmean ± half-width of a 95% t-interval over the episodes (episodes)\n\n"
@@ -1429,6 +1484,7 @@ if __name__ == "__main__":
     print(f"\n{table}\n")
     if len(summary) > 1:
         print(f"held-out by background method:\n{markdown_by_method(summary)}\n")
+        print(f"held-out differences (row minus column):\n{markdown_differences(summary)}\n")
     run_dirs = {r.name: os.path.dirname(r.checkpoint()) for r in runs if r.checkpoint()}  # where snapshots are
     if args.policy_space and not args.from_results and (run_dirs or args.runs):
         policy_space(populations, args, run_dirs)

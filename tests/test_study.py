@@ -30,6 +30,7 @@ from study import (
     crossplay,
     external_population,
     held_out_mask,
+    interval,
     parse_method,
     run_status,
     statistics,
@@ -181,6 +182,30 @@ def synthetic_study(tmp_path):
     return populations, backgrounds, results, args
 
 
+def test_held_out_differences_pair_the_backgrounds_of_both_methods():
+    """Method a earns 3 more than b beside every stranger: the difference is 3 in every draw. When the
+    strangers differ a lot (sd 10) and the methods not at all, each method's own held-out interval is wide,
+    but the paired difference, where both meet the same draw of strangers, is narrower than either alone
+    (an unpaired one would be wider than either)."""
+    from study import held_out_differences
+
+    rows = {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7]}
+    episodes = np.zeros((8, 8, 2))
+    episodes[:4] = 5.0
+    episodes[4:] = 2.0
+    differences = held_out_differences(episodes, rows, 500, np.random.default_rng(0))
+    assert differences["a", "b"] == pytest.approx((3.0, 3.0, 3.0)) and differences["b", "a"] == pytest.approx(
+        (-3.0, -3.0, -3.0)
+    )
+
+    rng = np.random.default_rng(1)
+    strangers = rng.normal(0.0, 10.0, size=8)
+    episodes = strangers[None, :, None] + rng.normal(0.0, 0.1, size=(8, 8, 2))
+    difference, low, high = held_out_differences(episodes, rows, 4000, np.random.default_rng(2))["a", "b"]
+    _, a_low, a_high = summarise_method(episodes, rows["a"], np.arange(8), 4000, np.random.default_rng(2))["held_out"]
+    assert low <= difference <= high and high - low < 0.6 * (a_high - a_low)  # 0.48 here
+
+
 def test_table_matrix_and_plots_are_written(tmp_path):
     populations, backgrounds, results, args = synthetic_study(tmp_path)
     matrix, summary = statistics(populations, results, args)
@@ -211,6 +236,15 @@ def test_table_matrix_and_plots_are_written(tmp_path):
     by_method = open(tmp_path / "results.md").read().split("## Held-out by background method")[1]
     assert "| focal / background | mappo | bidist |" in by_method
     assert f"| mappo | {mappo['held_out_by_method']['mappo'][0]:.2f} [" in by_method
+    # the paired differences: row minus column, the pair's two entries opposite
+    difference = summary["bidist"]["held_out_minus"]["mappo"]
+    assert difference[0] == pytest.approx(summary["bidist"]["held_out"][0] - mappo["held_out"][0])
+    assert mappo["held_out_minus"]["bidist"] == pytest.approx((-difference[0], -difference[2], -difference[1]))
+    differences = open(tmp_path / "results.md").read().split("## Held-out differences between methods")[1]
+    assert (
+        "| method / minus | mappo | bidist |" in differences
+        and f"| bidist | {interval(difference)}" in differences.replace("**", "")
+    )
 
     csv = pd.read_csv(tmp_path / "crossplay.csv")
     assert len(csv) == 4 * 6
