@@ -308,17 +308,14 @@ def run_scalars(run_dir, tags=None):
     }
 
 
-def mean_and_range(values):
-    """'mean' of one value, 'mean (min to max)' of several, '-' of none (nan dropped)."""
+def mean_and_range(values, digits="{:.2f}"):
+    """'mean' of one value, 'mean (min to max)' of several, '-' of none (nan dropped), each as `digits` writes it."""
     values = np.array(values, dtype=float)
     values = values[~np.isnan(values)]
-    return (
-        "-"
-        if not len(values)
-        else f"{values.mean():.2f}"
-        if len(values) == 1
-        else f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})"
-    )
+    if not len(values):
+        return "-"
+    mean, low, high = (digits.format(v) for v in (values.mean(), values.min(), values.max()))
+    return mean if len(values) == 1 else f"{mean} ({low} to {high})"
 
 
 def training_summary(runs, results=None):
@@ -393,17 +390,6 @@ def per_interval(curve, tag, edges):
         )
 
 
-def seeds_cell(values):
-    """One table cell of a quantity per seed: '-' (none measured), the value (one seed), or 'mean (min-max)'."""
-    if np.isnan(values).all():
-        return "-"
-    return (
-        f"{np.nanmean(values):.2f}"
-        if len(values) == 1
-        else f"{np.nanmean(values):.2f} ({np.nanmin(values):.2f}-{np.nanmax(values):.2f})"
-    )
-
-
 def tenths_header(total, points):
     """The edges of `points` equal intervals of `total` env steps, and a table's header and rule over them."""
     edges = np.linspace(0, total, points + 1)
@@ -434,7 +420,7 @@ def learning_curves(runs, results, total, path, title, points=10):
         per_seed = np.array([per_interval(curve, RETURN_TAG, edges) for curve in runs_curves])
         for curve in runs_curves:
             ax.plot(curve.step_end, curve[RETURN_TAG], color=f"C{m}", alpha=0.3, linewidth=0.8)
-        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(seeds_cell(c) for c in per_seed.T) + " |")
+        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(mean_and_range(c) for c in per_seed.T) + " |")
         with np.errstate(invalid="ignore"):
             mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
         ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2.5, label=method)
@@ -478,7 +464,8 @@ def own_scalars_through_training(runs, results, total, path, title, points=10):
             if not logged:
                 continue
             per_seed = np.array([per_interval(curve, tag, edges) for curve in logged])
-            lines.append(f"| {method} | {tag} | {len(logged)} | " + " | ".join(seeds_cell(c) for c in per_seed.T) + " |")
+            cells = (mean_and_range(c, digits="{:.3g}") for c in per_seed.T)  # per-step rewards are ~0.01
+            lines.append(f"| {method} | {tag} | {len(logged)} | " + " | ".join(cells) + " |")
             for curve in logged:
                 ax.plot(curve.step_end, curve[tag], color=f"C{m}", alpha=0.3, linewidth=0.8)
             with np.errstate(invalid="ignore"):

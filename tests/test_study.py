@@ -616,7 +616,7 @@ def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
         runs.append(Run(Method("m", "mappo", ()), seed, str(tmp_path / f"nowhere{seed}")))
     table = learning_curves(runs, str(tmp_path / "res"), 100, str(tmp_path / "curves.png"), "t", points=2)
     assert table.splitlines()[0] == "| method | seeds | 0K-0.05K | 0.05K-0.1K |"
-    assert table.splitlines()[2] == "| m | 2 | 2.00 (2.00-2.00) | 8.00 (6.00-10.00) |"
+    assert table.splitlines()[2] == "| m | 2 | 2.00 (2.00 to 2.00) | 8.00 (6.00 to 10.00) |"
     assert os.path.getsize(tmp_path / "curves.png") > 10_000
 
 
@@ -640,7 +640,7 @@ def test_own_scalars_through_training_average_each_tenth_per_method(tmp_path):
     path = tmp_path / "diagnostics.png"
     table = own_scalars_through_training(runs, str(tmp_path / "res"), 100, str(path), "t", points=2).splitlines()
     assert table[0] == "| method | scalar | seeds | 0K-0.05K | 0.05K-0.1K |"
-    assert table[2:] == ["| b | distill/kl_after | 2 | 5.50 (3.00-8.00) | 8.00 (6.00-10.00) |"]
+    assert table[2:] == ["| b | distill/kl_after | 2 | 5.5 (3 to 8) | 8 (6 to 10) |"]
     assert os.path.getsize(path) > 5_000  # a panel with its lines, not an empty figure
     assert own_scalars_through_training(runs[2:], str(tmp_path / "res"), 100, str(tmp_path / "none.png"), "t") == ""
     assert not os.path.exists(tmp_path / "none.png")
