@@ -466,8 +466,9 @@ def own_scalars_through_training(runs, results, total, path, title, points=10):
             per_seed = np.array([per_interval(curve, tag, edges) for curve in logged])
             cells = (mean_and_range(c, digits="{:.3g}") for c in per_seed.T)  # per-step rewards are ~0.01
             lines.append(f"| {method} | {tag} | {len(logged)} | " + " | ".join(cells) + " |")
-            for curve in logged:
-                ax.plot(curve.step_end, curve[tag], color=f"C{m}", alpha=0.3, linewidth=0.8)
+            for curve in logged:  # bins where it was not logged (a forward phase's KL in a reverse phase's bin) skipped
+                valid = curve[tag].notna()
+                ax.plot(curve.step_end[valid], curve[tag][valid], color=f"C{m}", alpha=0.3, linewidth=0.8)
             with np.errstate(invalid="ignore"):
                 mean = np.nansum(per_seed, 0) / (~np.isnan(per_seed)).sum(0)
             ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2, label=method)
