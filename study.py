@@ -93,8 +93,10 @@ class Method:
     flags: tuple
 
 
-def parse_method(spec):
-    """`[label=]script [flags]` -> Method; one-line errors for an unknown script or a flag the study sets."""
+def parse_method(spec, check=True):
+    """`[label=]script [flags]` -> Method; one-line errors for an unknown script or a flag the study sets, and
+    (`check`) for a flag the script does not take. --from-results does not check that: it trains nothing, and
+    the study it reads may have trained with a flag the script has since dropped (a scheme that lost)."""
     label, _, rest = spec.partition("=") if "=" in spec.split(" ")[0] else (None, None, spec)
     words = shlex.split(rest)
     if not words:
@@ -107,7 +109,8 @@ def parse_method(spec):
                 f"error: --methods {spec!r} sets {flag.split('=')[0]}, which the study sets per run "
                 f"(use --seeds / --total-timesteps / --substrate)"
             )
-    check_flags(module, script, flags, f"--methods {spec!r}")
+    if check:
+        check_flags(module, script, flags, f"--methods {spec!r}")
     if label is None:
         label = script + "".join(f"_{w.lstrip('-')}" for w in flags)
     if not label or any(c in label for c in "/ "):
@@ -1352,14 +1355,14 @@ def check_study(args):
     if args.reference is not None and args.reference[1] <= args.reference[0]:
         raise SystemExit(f"error: --reference MIN MAX needs MIN < MAX, got {args.reference[0]} {args.reference[1]}")
     utils.check_substrate(args.substrate)
-    methods = [parse_method(m) for m in args.methods]
+    methods = [parse_method(m, check=not args.from_results) for m in args.methods]
     for flag in shlex.split(args.train_flags):
         if flag.split("=")[0] in RUNNER_FLAGS:
             raise SystemExit(
                 f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
                 f"(use --seeds / --total-timesteps / --substrate)"
             )
-    for method in methods:
+    for method in methods if not args.from_results else []:
         check_flags(
             utils.training_script(method.script, "--methods names", root=eval_scenarios.HERE),
             method.script,

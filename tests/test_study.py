@@ -595,6 +595,25 @@ def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
         assert (copy / name).read_text() == open(f"{study}/{name}").read(), name
 
 
+def test_from_results_reads_a_study_whose_method_flag_the_script_has_dropped(tmp_path):
+    """A scheme that lost leaves its script (issue 30): a committed study trained with its flag still
+    regenerates, since --from-results trains nothing; a study that would train with it is refused in one line."""
+    copy = tmp_path / "study"
+    shutil.copytree(f"{ROOT}/results/stag_hunt_1m", copy)
+    record = json.load(open(copy / "study.json"))
+    record["args"]["methods"] = ["mappo=mappo --retired-flag 1"]
+    json.dump(record, open(copy / "study.json", "w"))
+    for name in ("results.md", "training.md"):
+        os.remove(copy / name)
+    run_script("study.py", "--from-results", str(copy), cwd=tmp_path, timeout=300)
+    for name in ("results.md", "training.md"):
+        assert (copy / name).read_text() == open(f"{ROOT}/results/stag_hunt_1m/{name}").read(), name
+    flags = ["--out", "o", "--methods", "mappo=mappo --retired-flag 1", "--substrate", "coins"]
+    line = error_line(run_script("study.py", *flags, cwd=tmp_path, check=False))
+    dropped = "error: --methods 'mappo=mappo --retired-flag 1' passes --retired-flag, which mappo.py does not take"
+    assert line == dropped + " (python mappo.py --help)"
+
+
 def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
     """Binned means by hand: returns 1 and 3 in the first half of 100 steps, 5 and 7 (9 and 11 for the second
     seed) in the second; the table averages each seed's bins weighted by how many returns they hold."""
