@@ -365,17 +365,27 @@ def training_summary(runs, results=None):
     return "\n".join(lines)
 
 
-def run_curve(run, results=None, tags=(RETURN_TAG,)):
-    """A run's training curves of `tags` (None: every scalar) binned over env steps (`binned_curves`): from its
-    own log, or from the training.csv exported with it to `results` (which holds every scalar); None when it has
-    neither."""
+def run_curve(run, results=None):
+    """A run's training curves, every scalar binned over env steps (`binned_curves`): from its own log, or from
+    the training.csv exported with it to `results`; None when it has neither."""
     import pandas as pd
 
     exported = results and f"{results}/runs/{run.name}/training.csv"
     if run.checkpoint() is not None:
         last = utils.read_file(run.checkpoint(), f"the checkpoint of {run.name}:")["global_step"]
-        return binned_curves(run_scalars(os.path.dirname(run.checkpoint()), tags), last)
+        return binned_curves(run_scalars(os.path.dirname(run.checkpoint())), last)
     return pd.read_csv(exported) if exported and os.path.exists(exported) else None
+
+
+def method_curves(runs, results=None):
+    """{method label: [each of its runs' curves (`run_curve`)]}, every run's log read once for the learning
+    curves and the method's own scalars alike; runs with neither a log nor an export left out."""
+    curves = {}
+    for run in runs:
+        curve = run_curve(run, results)
+        if curve is not None:
+            curves.setdefault(run.method.label, []).append(curve)
+    return curves
 
 
 def per_interval(curve, tag, edges):
@@ -400,20 +410,17 @@ def tenths_header(total, points):
     return edges, " | ".join(f"{label(a)}-{label(b)}" for a, b in zip(edges[:-1], edges[1:]))
 
 
-def learning_curves(runs, results, total, path, title, points=10):
+def learning_curves(curves, total, path, title, points=10):
     """Per method, the trained slots' return over each tenth of training (mean over seeds, and their range),
     as a markdown table, and learning_curves.png at `path` (one thin line per seed, the methods' means
-    thick). '' when no run has a curve."""
+    thick), from `method_curves`. '' when no run has a curve of the return."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {}
-    for run in runs:
-        curve = run_curve(run, results)
-        if curve is not None and RETURN_TAG in curve:
-            curves.setdefault(run.method.label, []).append(curve)
+    curves = {m: [c for c in cs if RETURN_TAG in c] for m, cs in curves.items()}
+    curves = {m: cs for m, cs in curves.items() if cs}
     if not curves:
         return ""
     edges, header = tenths_header(total, points)
@@ -437,21 +444,16 @@ def learning_curves(runs, results, total, path, title, points=10):
     return "\n".join(lines)
 
 
-def own_scalars_through_training(runs, results, total, path, title, points=10):
+def own_scalars_through_training(curves, total, path, title, points=10):
     """Every scalar of a method's own TensorBoard namespaces (BiDist's distill/ and mixed/, say) through
-    training: per method and scalar, its mean over each tenth of training (mean over seeds, and their range),
-    as a markdown table, and diagnostics.png at `path`, a panel per scalar (thin: seeds, binned; thick: the
-    method's mean per tenth). '' and no picture when no method logs a scalar of its own."""
+    training, from `method_curves`: per method and scalar, its mean over each tenth of training (mean over
+    seeds, and their range), as a markdown table, and diagnostics.png at `path`, a panel per scalar (thin:
+    seeds, binned; thick: the method's mean per tenth). '' and no picture when no method logs a scalar of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {}
-    for run in runs:
-        curve = run_curve(run, results, tags=None)
-        if curve is not None:
-            curves.setdefault(run.method.label, []).append(curve)
     own = lambda curve: [t for t in curve if "/" in t and t.split("/")[0] not in SHARED_NAMESPACES and not t.endswith(")")]  # noqa: E731
     tags = sorted({tag for method_curves in curves.values() for curve in method_curves for tag in own(curve)})
     if not tags:
@@ -1362,7 +1364,7 @@ def check_study(args):
                 f"error: --train-flags sets {flag.split('=')[0]}, which the study sets per run "
                 f"(use --seeds / --total-timesteps / --substrate)"
             )
-    for method in methods if not args.from_results else []:
+    for method in [] if args.from_results else methods:  # --from-results trains nothing (parse_method)
         check_flags(
             utils.training_script(method.script, "--methods names", root=eval_scenarios.HERE),
             method.script,
@@ -1423,10 +1425,9 @@ if __name__ == "__main__":
             print(runner.description, flush=True)
         train_all(runs, args, runner)
     training = training_summary(runs, args.results)
-    curves = learning_curves(runs, args.results, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
-    diagnostics = own_scalars_through_training(
-        runs, args.results, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate
-    )
+    logs = method_curves(runs, args.results)
+    curves = learning_curves(logs, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
+    diagnostics = own_scalars_through_training(logs, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate)
     if training:
         with open(f"{args.out}/training.md", "w") as f:
             f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")

@@ -617,7 +617,7 @@ def test_from_results_reads_a_study_whose_method_flag_the_script_has_dropped(tmp
 def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
     """Binned means by hand: returns 1 and 3 in the first half of 100 steps, 5 and 7 (9 and 11 for the second
     seed) in the second; the table averages each seed's bins weighted by how many returns they hold."""
-    from study import binned_curves, learning_curves
+    from study import binned_curves, learning_curves, method_curves
 
     runs = []
     for seed, values in [(1, [1.0, 3.0, 5.0, 7.0]), (2, [1.0, 3.0, 9.0, 11.0])]:
@@ -633,7 +633,7 @@ def test_learning_curves_bin_the_returns_by_env_steps(tmp_path):
         os.makedirs(tmp_path / f"res/runs/m__seed{seed}")
         curve.to_csv(tmp_path / f"res/runs/m__seed{seed}/training.csv", index=False)
         runs.append(Run(Method("m", "mappo", ()), seed, str(tmp_path / f"nowhere{seed}")))
-    table = learning_curves(runs, str(tmp_path / "res"), 100, str(tmp_path / "curves.png"), "t", points=2)
+    table = learning_curves(method_curves(runs, str(tmp_path / "res")), 100, str(tmp_path / "curves.png"), "t", points=2)
     assert table.splitlines()[0] == "| method | seeds | 0K-0.05K | 0.05K-0.1K |"
     assert table.splitlines()[2] == "| m | 2 | 2.00 (2.00 to 2.00) | 8.00 (6.00 to 10.00) |"
     assert os.path.getsize(tmp_path / "curves.png") > 10_000
@@ -643,7 +643,7 @@ def test_own_scalars_through_training_average_each_tenth_per_method(tmp_path):
     """A method's own scalars by hand: bins without a value do not count (KL 2 and 4 in the first half of seed
     1's 100 steps, 6 in the second; seed 2 logs 8 and 10); the shared namespaces and a method with no scalar
     of its own add no row, and a study where no method has one gets no table and no picture."""
-    from study import binned_curves, own_scalars_through_training
+    from study import binned_curves, method_curves, own_scalars_through_training
 
     runs = []
     for name, seed, kl in [("b", 1, ([10, 30, 70], [2.0, 4.0, 6.0])), ("b", 2, ([20, 80], [8.0, 10.0])), ("m", 1, None)]:
@@ -657,11 +657,15 @@ def test_own_scalars_through_training_average_each_tenth_per_method(tmp_path):
         binned_curves(scalars, last=100, bins=10).to_csv(tmp_path / f"res/runs/{name}__seed{seed}/training.csv", index=False)
         runs.append(Run(Method(name, "mappo", ()), seed, str(tmp_path / f"nowhere{name}{seed}")))
     path = tmp_path / "diagnostics.png"
-    table = own_scalars_through_training(runs, str(tmp_path / "res"), 100, str(path), "t", points=2).splitlines()
+    curves = method_curves(runs, str(tmp_path / "res"))
+    table = own_scalars_through_training(curves, 100, str(path), "t", points=2).splitlines()
     assert table[0] == "| method | scalar | seeds | 0K-0.05K | 0.05K-0.1K |"
     assert table[2:] == ["| b | distill/kl_after | 2 | 5.5 (3 to 8) | 8 (6 to 10) |"]
     assert os.path.getsize(path) > 5_000  # a panel with its lines, not an empty figure
-    assert own_scalars_through_training(runs[2:], str(tmp_path / "res"), 100, str(tmp_path / "none.png"), "t") == ""
+    assert (
+        own_scalars_through_training(method_curves(runs[2:], str(tmp_path / "res")), 100, str(tmp_path / "none.png"), "t")
+        == ""
+    )
     assert not os.path.exists(tmp_path / "none.png")
 
 
