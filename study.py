@@ -779,10 +779,13 @@ def crossplay(populations, backgrounds, args, runner=None):
     all done, so an interrupted evaluation continues where it stopped; with --results, every pair's
     episodes are also written to its crossplay_episodes.csv at the end, and the pairs found there are
     not played again. A pair is keyed by the two populations' names and their bytes (`identity`): a
-    checkpoint trained further since makes its pairs stale."""
+    checkpoint trained further since makes its pairs stale. A pair played with fewer episodes than
+    --num-episodes plays only those it lacks (episode i has the same seed either way); a call with fewer
+    episodes uses the first ones, and the files keep every episode played."""
     scenario = f"{args.substrate}__background_{args.num_focal}_focal"
     committed = committed_episodes(getattr(args, "results", None))
     results, todo, keys, ids = {}, [], {}, {}
+    played = {}  # (focal, background) -> every episode known of the pair: what the files keep
 
     def identified(path):
         if path not in ids:
@@ -803,12 +806,12 @@ def crossplay(populations, backgrounds, args, runner=None):
                 with open(cache) as f:
                     cached = json.load(f)
                 found.append((cached["key"], cached["episodes"]))
-            episodes = next((e for k, e in found if k == key and len(e) >= args.num_episodes), None)
-            if episodes is not None:
-                results[focal.name, name] = episodes[: args.num_episodes]
+            known = max((e for k, e in found if k == key), key=len, default=[])
+            if len(known) >= args.num_episodes:
+                results[focal.name, name], played[focal.name, name] = known[: args.num_episodes], known
                 continue
             target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)
-            todo.append((focal, name, key, cache, target))
+            todo.append((focal, name, key, cache, target, known))
     if todo and getattr(args, "from_results", None):
         raise SystemExit(
             f"error: --from-results {args.from_results}: {len(todo)} (focal, background) pair(s) have no "
@@ -817,29 +820,31 @@ def crossplay(populations, backgrounds, args, runner=None):
         )
     if not todo:
         if getattr(args, "results", None):
-            write_committed_episodes(args.results, keys, results)
+            write_committed_episodes(args.results, keys, played)
         return results
     os.makedirs(f"{args.out}/crossplay", exist_ok=True)
     num_workers = args.num_workers or os.cpu_count() or 1
-    print(
-        f"cross-play: {len(todo)} (focal, background) pair(s) x {args.num_episodes} episodes, "
-        + (runner.where if isinstance(runner, cluster.OnRay) else f"{num_workers} worker(s)"),
-        flush=True,
-    )
-    jobs, episodes = [], {}
-    for focal, name, key, cache, target in todo:
-        episodes[focal.name, name] = [None] * args.num_episodes
-        for episode in range(args.num_episodes):
+    jobs, episodes, owners = [], {}, []
+    for focal, name, key, cache, target, known in todo:
+        episodes[focal.name, name] = known + [None] * (args.num_episodes - len(known))
+        for episode in range(len(known), args.num_episodes):
             # from the two populations' names: adding a method leaves the other pairs' episodes as they were
             seed = eval_scenarios.episode_seed(args.seed, [focal.name, name], episode)
             jobs.append((f"{focal.name} vs {name} episode {episode}", (target, seed, focal.checkpoint, "cpu")))
+            owners.append((focal.name, name, key, cache, episode))
+    print(
+        f"cross-play: {len(todo)} (focal, background) pair(s), {len(jobs)} episode(s) to play "
+        f"({args.num_episodes} a pair), "
+        + (runner.where if isinstance(runner, cluster.OnRay) else f"{num_workers} worker(s)"),
+        flush=True,
+    )
 
     def record(i, result):
-        focal, name, key, cache, _ = todo[i // args.num_episodes]
-        pair = episodes[focal.name, name]
-        pair[i % args.num_episodes] = result["focal_per_capita_return"]
+        focal, name, key, cache, episode = owners[i]
+        pair = episodes[focal, name]
+        pair[episode] = result["focal_per_capita_return"]
         if all(r is not None for r in pair):
-            results[focal.name, name] = pair
+            results[focal, name] = played[focal, name] = pair
             utils.save_json(cache, {"key": key, "episodes": pair})
 
     try:
@@ -848,7 +853,7 @@ def crossplay(populations, backgrounds, args, runner=None):
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
     finally:
         if getattr(args, "results", None):  # what finished, also when interrupted
-            write_committed_episodes(args.results, keys, results)
+            write_committed_episodes(args.results, keys, played)
     return results
 
 

@@ -508,6 +508,44 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
     assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
 
 
+def test_more_episodes_a_pair_play_only_the_missing_ones_and_fewer_lose_none(tmp_path, monkeypatch):
+    """--num-episodes 3 after 2 plays episode 2 of each pair, with the seed a fresh 3-episode call gives it;
+    a later call with 2 uses the first two and keeps the third in crossplay_episodes.csv."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("out/a")
+    torch.save({"global_step": 7}, "out/a/checkpoint.pt")
+    populations = [Population("m", 1, "out/a/checkpoint.pt")]
+    backgrounds = {"m__seed1": ("out/a/checkpoint.pt",), "other": ("out/a/checkpoint.pt",)}
+
+    def args(episodes, out="out"):
+        return SimpleNamespace(
+            out=out, substrate="coins", num_focal=1, seed=1, num_episodes=episodes, num_workers=1, results="res"
+        )
+
+    played = []
+
+    def play(jobs, num_workers, desc, record, **kwargs):
+        for i, (description, (_, seed, _, _)) in enumerate(jobs):
+            played.append((description, seed))
+            record(i, {"focal_per_capita_return": float(seed % 1000)})
+
+    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    two = crossplay(populations, backgrounds, args(2))
+    played.clear()
+    three = crossplay(populations, backgrounds, args(3))
+    assert [d for d, _ in played] == ["m__seed1 vs m__seed1 episode 2", "m__seed1 vs other episode 2"]
+    for pair in two:
+        assert three[pair][:2] == two[pair] and len(three[pair]) == 3
+    shutil.rmtree("out/crossplay")
+    played.clear()
+    assert crossplay(populations, backgrounds, args(3)) == three and played == [], "from crossplay_episodes.csv"
+    os.remove("res/crossplay_episodes.csv")
+    crossplay(populations, backgrounds, args(3, out="fresh"))
+    assert [float(seed % 1000) for _, seed in played] == [v for pair in three.values() for v in pair], "same seeds"
+    again = crossplay(populations, backgrounds, args(2))
+    assert again == two and len(pd.read_csv("res/crossplay_episodes.csv")) == 6
+
+
 @pytest.mark.slow
 def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_path):
     """--results holds every finished run's population (data only, float16, under 1 MB), its binned log and
