@@ -84,6 +84,11 @@ class Args:
     from_results: Optional[str] = None
     """regenerate the tables and plots of a study exported with --results from that folder alone: no
     training, no episode played (every other flag is read from its study.json)"""
+    against: Optional[str] = None
+    """an exported study (a --results folder, e.g. results/coins_1m) as the yardstick: this study's
+    populations play beside each of its populations, and every method's held-out return is its return beside
+    them alone. Its runs are not trained and its pairs not played again, and its own numbers do not change,
+    so a new method is measured against a published study"""
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,7 @@ class Run:
     method: Method
     seed: int
     directory: str  # the training script's working directory: its run lands in directory/runs/
+    results: Optional[str] = None  # the --results folder of its export when that is another study's (--against)
 
     @property
     def name(self):
@@ -329,7 +335,7 @@ def training_summary(runs, results=None):
     per_method = {}
     for run in runs:
         checkpoint = run.checkpoint()
-        exported = results and f"{results}/runs/{run.name}/summary.json"
+        exported = (run.results or results) and f"{run.results or results}/runs/{run.name}/summary.json"
         if checkpoint is not None:
             row = training_row(run_scalars(os.path.dirname(checkpoint)))
         elif exported and os.path.exists(exported):
@@ -370,7 +376,7 @@ def run_curve(run, results=None):
     the training.csv exported with it to `results`; None when it has neither."""
     import pandas as pd
 
-    exported = results and f"{results}/runs/{run.name}/training.csv"
+    exported = (run.results or results) and f"{run.results or results}/runs/{run.name}/training.csv"
     if run.checkpoint() is not None:
         last = utils.read_file(run.checkpoint(), f"the checkpoint of {run.name}:")["global_step"]
         return binned_curves(run_scalars(os.path.dirname(run.checkpoint())), last)
@@ -742,6 +748,35 @@ def external_population(spec):
     return Population(label or saved["exp_name"], saved["seed"], path)
 
 
+def yardstick(against, substrate):
+    """The populations of the study exported to `against` (--against), each its exported population.pt, and
+    its runs (for their exported training logs), in that study's order; one-line errors for a folder that
+    holds no exported study, one on another substrate, or a population it lacks."""
+    if not os.path.exists(f"{against}/study.json"):
+        raise SystemExit(f"error: --against {against}: no study.json there (a folder written by study.py --results)")
+    with open(f"{against}/study.json") as f:
+        saved = json.load(f)
+    if saved["args"]["substrate"] != substrate:
+        raise SystemExit(f"error: --against {against} is a study on {saved['args']['substrate']}, not --substrate {substrate}")
+    methods = [parse_method(spec, check=False) for spec in saved["args"]["methods"]]
+    runs = [
+        Run(m, seed, f"{against}/runs/{m.label}__seed{seed}", results=against)
+        for m in methods
+        for seed in saved["args"]["seeds"]
+    ]
+    populations = [Population(r.method.label, r.seed, f"{against}/runs/{r.name}/population.pt") for r in runs]
+    populations += [
+        Population(e["method"], e["seed"], f"{against}/runs/{e['name']}/population.pt") for e in saved.get("external", [])
+    ]
+    missing = [p.name for p in populations if not os.path.exists(p.checkpoint)]
+    if missing:
+        raise SystemExit(
+            f"error: --against {against}: {len(missing)} population(s) of its study.json not exported there "
+            f"({', '.join(missing)}); run that study's command to train them"
+        )
+    return populations, runs
+
+
 def untrained_checkpoints(out, substrate, like, count):
     """`count` randomly initialised actors (seeds 1..count) of the network of the population `like` (the
     study's first: its script's own Actor, with that run's flags), written once as checkpoints under
@@ -772,7 +807,7 @@ def untrained_checkpoints(out, substrate, like, count):
     return paths
 
 
-def crossplay(populations, backgrounds, args, runner=None):
+def crossplay(populations, backgrounds, args, runner=None, wanted=None):
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
@@ -781,9 +816,12 @@ def crossplay(populations, backgrounds, args, runner=None):
     not played again. A pair is keyed by the two populations' names and their bytes (`identity`): a
     checkpoint trained further since makes its pairs stale. A pair played with fewer episodes than
     --num-episodes plays only those it lacks (episode i has the same seed either way); a call with fewer
-    episodes uses the first ones, and the files keep every episode played."""
+    episodes uses the first ones, and the files keep every episode played. `wanted(focal, background name)`
+    (default: every pair) picks the pairs; with --against, the yardstick's own pairs are read from its
+    crossplay_episodes.csv, and not copied to this study's."""
     scenario = f"{args.substrate}__background_{args.num_focal}_focal"
     committed = committed_episodes(getattr(args, "results", None))
+    inherited = committed_episodes(getattr(args, "against", None))
     results, todo, keys, ids = {}, [], {}, {}
     played = {}  # (focal, background) -> every episode known of the pair: what the files keep
 
@@ -794,6 +832,8 @@ def crossplay(populations, backgrounds, args, runner=None):
 
     for focal in populations:
         for name, paths in backgrounds.items():
+            if wanted and not wanted(focal, name):
+                continue
             cache = f"{args.out}/crossplay/{focal.name}__vs__{name}.json"
             key = keys[focal.name, name] = {
                 "focal": [focal.name, identified(focal.checkpoint)],
@@ -801,14 +841,16 @@ def crossplay(populations, backgrounds, args, runner=None):
                 "seed": args.seed,
                 "num_focal": args.num_focal,
             }
-            found = [committed[focal.name, name]] if (focal.name, name) in committed else []
+            found = [pairs[focal.name, name] for pairs in (committed, inherited) if (focal.name, name) in pairs]
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
                 found.append((cached["key"], cached["episodes"]))
             known = max((e for k, e in found if k == key), key=len, default=[])
             if len(known) >= args.num_episodes:
-                results[focal.name, name], played[focal.name, name] = known[: args.num_episodes], known
+                results[focal.name, name] = known[: args.num_episodes]
+                if (focal.name, name) not in inherited or inherited[focal.name, name][1] is not known:
+                    played[focal.name, name] = known
                 continue
             target = eval_scenarios.Target(scenario, args.substrate, tuple(paths), args.num_focal)
             todo.append((focal, name, key, cache, target, known))
@@ -908,15 +950,17 @@ def summarise_method(episodes, rows, own, samples, rng, columns=None):
     return {key: (float(estimate[key]), *np.nanpercentile(draws[key], [2.5, 97.5]).tolist()) for key in estimate}
 
 
-def held_out_differences(episodes, methods_rows, samples, rng):
+def held_out_differences(episodes, methods_rows, samples, rng, columns=None):
     """Is one method harder to exploit, or better beside strangers, than another? For every ordered pair of
     methods (a, b): a's held-out return minus b's, {(a, b): (difference, low, high)} with a 95% percentile-
     bootstrap interval. `methods_rows` maps each method to its focal rows of `episodes` (focal, trained
     background, episode). A draw redraws the background populations once for all methods (paired: both
     meet the same strangers, so the difference does not vary with which strangers were drawn), then each
-    method's focal seeds and the episodes of every pair drawn, as summarise_method does."""
+    method's focal seeds and the episodes of every pair drawn, as summarise_method does. `columns`: the
+    backgrounds met (default: every trained population)."""
     matrix = episodes.mean(-1)
-    columns, own = np.arange(matrix.shape[1]), np.arange(matrix.shape[0])
+    own = np.arange(matrix.shape[0])
+    columns = np.arange(matrix.shape[1]) if columns is None else np.asarray(columns)
     background = rng.choice(columns, size=(samples, len(columns)))
     estimate, draws = {}, {}
     for method, rows in methods_rows.items():
@@ -941,19 +985,24 @@ def summarise_reference(episodes, samples, rng):
     return (float(episodes.mean()), *np.percentile(draws, [2.5, 97.5]).tolist())
 
 
-def statistics(populations, results, args):
-    """The study's numbers: the cross-play matrix and, per method, the summaries of the table."""
+def statistics(populations, results, args, pool=None):
+    """The study's numbers: the cross-play matrix and, per method, the summaries of the table. `pool` (--against:
+    the yardstick's population names) are the backgrounds that held-out means; default: every population. A
+    pair not played (a population outside the pool as background) is nan and never drawn."""
     names = [p.name for p in populations]
-    episodes = np.array([[results[f, b] for b in names] for f in names], dtype=float)  # (focal, background, episode)
+    unplayed = [np.nan] * args.num_episodes
+    episodes = np.array([[results.get((f, b), unplayed) for b in names] for f in names], dtype=float)  # (focal, bg, ep)
     matrix = episodes.mean(-1)
+    columns = np.arange(len(names)) if pool is None else np.array([names.index(name) for name in pool])
     rng = np.random.default_rng(args.seed)
     methods = list(dict.fromkeys(p.method for p in populations))
+    in_pool = [m for m in methods if any(populations[c].method == m for c in columns)]
     summary = {}
     for method in methods:
         rows = [i for i, p in enumerate(populations) if p.method == method]
         entry = {"focal_seeds": len(rows)}
         if len(populations) > 1:
-            entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng))
+            entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng, columns))
         if len(methods) > 1:  # held-out beside each method's runs alone (its own method: its other seeds)
             entry["held_out_by_method"] = {
                 other: summarise_method(
@@ -964,7 +1013,7 @@ def statistics(populations, results, args):
                     rng,
                     columns=[i for i, p in enumerate(populations) if p.method == other],
                 )["held_out"]
-                for other in methods
+                for other in in_pool
                 if other != method or len(rows) > 1
             }
         for reference in (RANDOM, UNTRAINED):
@@ -978,7 +1027,7 @@ def statistics(populations, results, args):
         summary[method] = entry
     if len(methods) > 1:
         rows = {m: [i for i, p in enumerate(populations) if p.method == m] for m in methods}
-        for (a, b), difference in held_out_differences(episodes, rows, args.bootstrap_samples, rng).items():
+        for (a, b), difference in held_out_differences(episodes, rows, args.bootstrap_samples, rng, columns).items():
             summary[a].setdefault("held_out_minus", {})[b] = difference
     return matrix, summary
 
@@ -1080,7 +1129,14 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
         f.write(
             f"# Generalisation study: {args.substrate}\n\n{len(populations)} populations, {args.num_episodes} "
             f"episodes per pair, {args.num_focal} focal slot(s); focal per-capita return, mean "
-            f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n{table}\n"
+            f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n"
+            + (
+                f"Measured against the study in `{args.against}` (--against): held-out is the return beside its "
+                f"populations alone, which this study's populations never met; its own numbers are its study's.\n\n"
+                if getattr(args, "against", None)
+                else ""
+            )
+            + f"{table}\n"
         )
         if len(summary) > 1:
             f.write(
@@ -1127,7 +1183,11 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
             "num_focal": args.num_focal,
             "seed": args.seed,
             "populations": [asdict(p) for p in populations],
-            "matrix": {"focal": names, "background": names, "mean_focal_return": matrix.tolist()},
+            "matrix": {
+                "focal": names,
+                "background": names,
+                "mean_focal_return": [[None if np.isnan(v) else v for v in row] for row in matrix.tolist()],
+            },
             "summary": summary,
             "episodes": [dict(r, returns=results[r["focal"], r["background"]]) for r in rows],
         },
@@ -1255,7 +1315,10 @@ def policy_space(populations, args, snapshot_dirs=None):
         if policy.downsample != first.downsample:
             print(f"policy space: {population.name} skipped (other --downsample than {populations[0].name})")
             continue
-        exported = getattr(args, "results", None) and f"{args.results}/runs/{population.name}/policy_features.npz"
+        folder = getattr(args, "results", None)
+        if getattr(args, "against", None) and population.checkpoint.startswith(f"{args.against}/runs/"):
+            folder = args.against  # a yardstick population: its own study's export
+        exported = folder and f"{folder}/runs/{population.name}/policy_features.npz"
         run_dir = (snapshot_dirs or {}).get(population.name)
         if exported and os.path.exists(exported) and not run_dir:
             saved = np.load(exported)
@@ -1359,6 +1422,8 @@ def check_study(args):
         raise SystemExit("error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray")
     if args.num_untrained < 0:
         raise SystemExit(f"error: --num-untrained must be >= 0, got {args.num_untrained}")
+    if args.against and args.results and os.path.realpath(args.against) == os.path.realpath(args.results):
+        raise SystemExit(f"error: --against {args.against} is this study's own --results; measure against another study")
     if args.reference is not None and args.reference[1] <= args.reference[0]:
         raise SystemExit(f"error: --reference MIN MAX needs MIN < MAX, got {args.reference[0]} {args.reference[1]}")
     utils.check_substrate(args.substrate)
@@ -1417,6 +1482,13 @@ if __name__ == "__main__":
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
+    pool, pool_runs = yardstick(args.against, args.substrate) if args.against else ([], [])
+    clash = sorted({m.label for m in methods} & {p.method for p in pool})
+    if clash:
+        raise SystemExit(
+            f"error: --methods {clash[0]}: the --against study {args.against} has a method of that label; label "
+            f"yours apart (label=script ...), or add seeds to it with that study's own command"
+        )
     if args.from_results:
         missing = [run.name for run in runs if not exported_population(run, args)]
         if missing:
@@ -1429,8 +1501,8 @@ if __name__ == "__main__":
         if isinstance(runner, cluster.OnRay):
             print(runner.description, flush=True)
         train_all(runs, args, runner)
-    training = training_summary(runs, args.results)
-    logs = method_curves(runs, args.results)
+    training = training_summary(runs + pool_runs, args.results)
+    logs = method_curves(runs + pool_runs, args.results)
     curves = learning_curves(logs, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
     diagnostics = own_scalars_through_training(logs, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate)
     if training:
@@ -1459,7 +1531,7 @@ if __name__ == "__main__":
         substrate = utils.load_checkpoint(p.checkpoint, "--runs")["substrate"]
         if substrate != args.substrate:
             raise SystemExit(f"error: --runs {p.checkpoint} was trained on {substrate}, not --substrate {args.substrate}")
-    names = [p.name for p in populations]
+    names = [p.name for p in populations + pool]
     if len(set(names)) < len(names):
         raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")
     if args.results and not args.from_results and args.runs:  # populations trained elsewhere are exported too
@@ -1469,22 +1541,27 @@ if __name__ == "__main__":
             if not os.path.exists(to):
                 export_population(p.checkpoint, to)
             external[i] = populations[len(runs) + i] = Population(p.method, p.seed, to)
-    backgrounds = {p.name: (p.checkpoint,) for p in populations}
+    backgrounds = {p.name: (p.checkpoint,) for p in populations + pool}
     backgrounds[RANDOM] = ("uniform_random",)
-    if args.num_untrained:
+    if args.num_untrained:  # with --against, the yardstick's own: its first population's network, seeds 1..n
         backgrounds[UNTRAINED] = tuple(
-            untrained_checkpoints(args.out, args.substrate, populations[0].checkpoint, args.num_untrained)
+            untrained_checkpoints(args.out, args.substrate, (pool or populations)[0].checkpoint, args.num_untrained)
         )
-    results = crossplay(populations, backgrounds, args, None if args.from_results else runner)
-    matrix, summary = statistics(populations, results, args)
-    table = write_outputs(populations, backgrounds, results, matrix, summary, args)
+    met = {p.name for p in pool} | {RANDOM, UNTRAINED}
+
+    def wanted(focal, background):  # --against: the yardstick's pairs, and each new population beside it and itself
+        return not pool or background in met or background == focal.name
+
+    results = crossplay(populations + pool, backgrounds, args, None if args.from_results else runner, wanted)
+    matrix, summary = statistics(populations + pool, results, args, [p.name for p in pool] or None)
+    table = write_outputs(populations + pool, backgrounds, results, matrix, summary, args)
     print(f"\n{table}\n")
     if len(summary) > 1:
         print(f"held-out by background method:\n{markdown_by_method(summary)}\n")
         print(f"held-out differences (row minus column):\n{markdown_differences(summary)}\n")
     run_dirs = {r.name: os.path.dirname(r.checkpoint()) for r in runs if r.checkpoint()}  # where snapshots are
     if args.policy_space and not args.from_results and (run_dirs or args.runs):
-        policy_space(populations, args, run_dirs)
+        policy_space(populations + pool, args, run_dirs)
     elif args.results and os.path.exists(f"{args.results}/policy_space.csv"):  # no snapshots here: redraw the export
         import pandas as pd
 

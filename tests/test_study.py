@@ -5,6 +5,7 @@ import glob
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,6 +205,29 @@ def test_held_out_differences_pair_the_backgrounds_of_both_methods():
     difference, low, high = held_out_differences(episodes, rows, 4000, np.random.default_rng(2))["a", "b"]
     _, a_low, a_high = summarise_method(episodes, rows["a"], np.arange(8), 4000, np.random.default_rng(2))["held_out"]
     assert low <= difference <= high and high - low < 0.6 * (a_high - a_low)  # 0.48 here
+
+
+def test_against_a_yardstick_held_out_is_beside_its_populations_alone(tmp_path):
+    """--against: the new method's held-out return is its mean beside the yardstick's populations (never beside
+    its own other seeds, whose pairs are not played), the yardstick method's own numbers are its study's, and the
+    paired difference is the difference of the two point estimates."""
+    populations = [Population("new", s, f"n{s}.pt") for s in (1, 2)] + [Population("y", s, f"y{s}.pt") for s in (1, 2, 3)]
+    pool = ["y__seed1", "y__seed2", "y__seed3"]
+    rng = np.random.default_rng(0)
+    results = {(f, b): list(rng.normal(size=4)) for f in pool for b in pool}
+    results |= {(f, b): list(rng.normal(size=4) + 5) for f in ("new__seed1", "new__seed2") for b in pool + [f]}
+    args = SimpleNamespace(num_episodes=4, seed=1, bootstrap_samples=500, reference=None)
+    matrix, summary = statistics(populations, results, args, pool)
+    assert np.isnan(matrix[0, 1]) and np.isnan(matrix[2, 0]), "pairs not played"
+    beside_pool = np.mean([np.mean(results[f, b]) for f in ("new__seed1", "new__seed2") for b in pool])
+    assert summary["new"]["held_out"][0] == pytest.approx(beside_pool)
+    assert summary["new"]["held_out"][1] < beside_pool < summary["new"]["held_out"][2]
+    alone = statistics(populations[2:], {k: v for k, v in results.items() if k[0] in pool}, args)[1]["y"]
+    for key in ("self_play", "held_out", "gap"):
+        assert summary["y"][key][0] == pytest.approx(alone[key][0])
+    assert set(summary["new"]["held_out_by_method"]) == {"y"}
+    difference = summary["new"]["held_out_minus"]["y"]
+    assert difference[0] == pytest.approx(beside_pool - summary["y"]["held_out"][0]) and difference[1] > 0
 
 
 def test_table_matrix_and_plots_are_written(tmp_path):
@@ -459,6 +483,7 @@ def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp
             "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
         ),
         (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
+        (["--against", "nowhere"], "error: --against nowhere: no study.json there (a folder written by study.py --results)"),
         (["--ray-gpus", "0.5"], "error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray"),
         (
             ["--ray", "auto", "--ray-gpus", "-1"],
@@ -550,7 +575,8 @@ def test_more_episodes_a_pair_play_only_the_missing_ones_and_fewer_lose_none(tmp
 def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_path):
     """--results holds every finished run's population (data only, float16, under 1 MB), its binned log and
     statistics, every episode: with the study's folder gone, --from-results writes the same tables without
-    training or playing, and a later call with one more seed trains that seed and plays only its pairs."""
+    training or playing, and a later call with one more seed trains that seed and plays only its pairs. A new
+    method measured --against it plays only beside its populations and leaves its files as they were."""
     flags = [
         "--out",
         "study",
@@ -610,6 +636,34 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     assert set(space.population) == {"theta", "phi"}
     line = error_line(run_script("study.py", "--from-results", "nowhere", cwd=tmp_path, check=False))
     assert line == "error: --from-results nowhere: no study.json there (a folder written by study.py --results)"
+
+    # a new method measured against this study (--against): its seed trains and plays beside the study's 6
+    # populations, itself and the 2 references; the study's files and its methods' numbers stay as they were
+    before = {name: (res / name).read_bytes() for name in ("crossplay_episodes.csv", "results.md", "study.json")}
+    against = ["--out", "mine", "--results", "mine_res", "--against", "res", *flags[4:], "--methods", "new=mappo"]
+    against[against.index("--seeds") + 1 : against.index("--seeds") + 3] = ["1"]
+    mine = run_script("study.py", *against, cwd=tmp_path, timeout=600)
+    assert "training 1 run(s)" in mine.stdout and "cross-play: 9 (focal, background) pair(s)" in mine.stdout
+    assert {name: (res / name).read_bytes() for name in before} == before
+    assert set(pd.read_csv(tmp_path / "mine_res" / "crossplay_episodes.csv").focal) == {"new__seed1"}
+    table = (tmp_path / "mine_res" / "results.md").read_text()
+    assert "Measured against the study in `res` (--against)" in table and "| new | 1 |" in table
+
+    def estimates(text, method):  # the point estimates of a method's row of the main table
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} | 3 |"))
+        return re.findall(r"(-?\d+\.\d+) \[", row)
+
+    for method in ("mappo", "bidist_mappo"):
+        assert estimates(table, method) == estimates(before["results.md"].decode(), method)
+    os.remove(tmp_path / "mine_res" / "results.md")
+    shutil.rmtree(tmp_path / "mine")
+    regenerated = run_script("study.py", "--from-results", "mine_res", cwd=tmp_path)
+    assert "cross-play:" not in regenerated.stdout and (tmp_path / "mine_res" / "results.md").read_text() == table
+    clash = run_script("study.py", *against[:-1], "mappo", cwd=tmp_path, check=False)
+    assert error_line(clash) == (
+        "error: --methods mappo: the --against study res has a method of that label; label yours apart "
+        "(label=script ...), or add seeds to it with that study's own command"
+    )
 
 
 # studies under results/ with their tables (a study still training has exported runs and no results.md yet)
