@@ -748,16 +748,21 @@ def external_population(spec):
     return Population(label or saved["exp_name"], saved["seed"], path)
 
 
-def yardstick(against, substrate):
+def yardstick(against, substrate, total_timesteps):
     """The populations of the study exported to `against` (--against), each its exported population.pt, and
     its runs (for their exported training logs), in that study's order; one-line errors for a folder that
-    holds no exported study, one on another substrate, or a population it lacks."""
+    holds no exported study, one on another substrate or another budget, or a population it lacks."""
     if not os.path.exists(f"{against}/study.json"):
         raise SystemExit(f"error: --against {against}: no study.json there (a folder written by study.py --results)")
     with open(f"{against}/study.json") as f:
         saved = json.load(f)
     if saved["args"]["substrate"] != substrate:
         raise SystemExit(f"error: --against {against} is a study on {saved['args']['substrate']}, not --substrate {substrate}")
+    if saved["args"]["total_timesteps"] != total_timesteps:
+        raise SystemExit(
+            f"error: --against {against} trained its runs for {saved['args']['total_timesteps']} env steps, not "
+            f"--total-timesteps {total_timesteps}: methods are compared at equal budgets"
+        )
     methods = [parse_method(spec, check=False) for spec in saved["args"]["methods"]]
     runs = [
         Run(m, seed, f"{against}/runs/{m.label}__seed{seed}", results=against)
@@ -1482,7 +1487,7 @@ if __name__ == "__main__":
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
-    pool, pool_runs = yardstick(args.against, args.substrate) if args.against else ([], [])
+    pool, pool_runs = yardstick(args.against, args.substrate, args.total_timesteps) if args.against else ([], [])
     clash = sorted({m.label for m in methods} & {p.method for p in pool})
     if clash:
         raise SystemExit(

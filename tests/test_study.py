@@ -230,6 +230,36 @@ def test_against_a_yardstick_held_out_is_beside_its_populations_alone(tmp_path):
     assert difference[0] == pytest.approx(beside_pool - summary["y"]["held_out"][0]) and difference[1] > 0
 
 
+def test_against_refuses_another_substrate_budget_or_a_missing_population_in_one_line(tmp_path):
+    from study import yardstick
+
+    os.makedirs(tmp_path / "y" / "runs" / "mappo__seed1")
+    torch.save({}, tmp_path / "y" / "runs" / "mappo__seed1" / "population.pt")
+    record = {"args": {"substrate": "coins", "methods": ["mappo"], "seeds": [1, 2], "total_timesteps": 1000}}
+    (tmp_path / "y" / "study.json").write_text(json.dumps(record))
+    y = str(tmp_path / "y")
+    for call, expected in [
+        (("clean_up", 1000), f"error: --against {y} is a study on coins, not --substrate clean_up"),
+        (
+            ("coins", 2000),
+            f"error: --against {y} trained its runs for 1000 env steps, not --total-timesteps 2000: methods are "
+            f"compared at equal budgets",
+        ),
+        (
+            ("coins", 1000),
+            f"error: --against {y}: 1 population(s) of its study.json not exported there (mappo__seed2); run that "
+            f"study's command to train them",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as error:
+            yardstick(y, *call)
+        assert str(error.value) == expected
+    os.makedirs(tmp_path / "y" / "runs" / "mappo__seed2")
+    torch.save({}, tmp_path / "y" / "runs" / "mappo__seed2" / "population.pt")
+    populations, runs = yardstick(y, "coins", 1000)
+    assert [p.name for p in populations] == ["mappo__seed1", "mappo__seed2"] and runs[1].results == y
+
+
 def test_table_matrix_and_plots_are_written(tmp_path):
     populations, backgrounds, results, args = synthetic_study(tmp_path)
     matrix, summary = statistics(populations, results, args)
