@@ -685,9 +685,10 @@ def check_record(args):
             )
 
 
-def record_study(args, external):
-    """--results/study.json: the command and flags of the call that wrote the tables there, and the populations
-    it added with --runs (`external`), for a later call (--from-results reads them). Written with the tables,
+def record_study(args, external, pool=()):
+    """--results/study.json: the command and flags of the call that wrote the tables there, the populations
+    it added with --runs (`external`) and those of its --against study (`pool`), for a later call (--from-results
+    reads them). Written with the tables,
     not before training, so that a folder committed while a longer call trains still regenerates its tables."""
     flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results", "train_only")}
     command = shlex.join(["python", "study.py", *sys.argv[1:]])
@@ -697,6 +698,7 @@ def record_study(args, external):
             "command": command,
             "args": flags,
             "external": [{"method": p.method, "seed": p.seed, "name": p.name} for p in external],
+            **({"yardstick": [p.name for p in pool]} if pool else {}),
         },
     )
 
@@ -748,21 +750,35 @@ def external_population(spec):
     return Population(label or saved["exp_name"], saved["seed"], path)
 
 
-def yardstick(against, substrate, total_timesteps):
-    """The populations of the study exported to `against` (--against), each its exported population.pt, and
-    its runs (for their exported training logs), in that study's order; one-line errors for a folder that
-    holds no exported study, one on another substrate or another budget, or a population it lacks."""
+# what a yardstick study must share with the one measured against it: a pair is known by the first four (its
+# episodes' seeds and slots), and the budget makes the comparison fair
+SHARED_WITH_YARDSTICK = ("seed", "num_focal", "num_episodes", "num_untrained", "substrate", "total_timesteps")
+
+
+def yardstick(args, pinned=None):
+    """The populations of the study exported to --against, each its exported population.pt, and its runs (for
+    their exported training logs), in that study's order; `pinned` (the names a study made --against it
+    recorded) keeps those alone, so its tables regenerate as they were after the yardstick grew. One-line
+    errors for a folder that holds no exported study, one made --against another, one whose settings differ
+    (SHARED_WITH_YARDSTICK), a population it lacks, and cross-play it has not finished."""
+    against = args.against
     if not os.path.exists(f"{against}/study.json"):
         raise SystemExit(f"error: --against {against}: no study.json there (a folder written by study.py --results)")
     with open(f"{against}/study.json") as f:
         saved = json.load(f)
-    if saved["args"]["substrate"] != substrate:
-        raise SystemExit(f"error: --against {against} is a study on {saved['args']['substrate']}, not --substrate {substrate}")
-    if saved["args"]["total_timesteps"] != total_timesteps:
+    if saved["args"].get("against"):
         raise SystemExit(
-            f"error: --against {against} trained its runs for {saved['args']['total_timesteps']} env steps, not "
-            f"--total-timesteps {total_timesteps}: methods are compared at equal budgets"
+            f"error: --against {against} was itself measured --against {saved['args']['against']}; measure against "
+            f"that study, or against one that cross-played all its populations"
         )
+    for name in SHARED_WITH_YARDSTICK:
+        theirs = saved["args"].get(name, Args.__dataclass_fields__[name].default)  # a flag newer than that study: its default
+        if theirs != getattr(args, name):
+            flag = f"--{name.replace('_', '-')}"
+            raise SystemExit(
+                f"error: {flag} {getattr(args, name)} differs from the --against study's ({theirs}, in {against}/study.json): "
+                + ("methods are compared at equal budgets" if name == "total_timesteps" else f"pass {flag} {theirs}")
+            )
     methods = [parse_method(spec, check=False) for spec in saved["args"]["methods"]]
     runs = [
         Run(m, seed, f"{against}/runs/{m.label}__seed{seed}", results=against)
@@ -773,11 +789,29 @@ def yardstick(against, substrate, total_timesteps):
     populations += [
         Population(e["method"], e["seed"], f"{against}/runs/{e['name']}/population.pt") for e in saved.get("external", [])
     ]
+    if pinned is not None:
+        gone = sorted(set(pinned) - {p.name for p in populations})
+        if gone:
+            raise SystemExit(
+                f"error: --against {against} no longer holds {', '.join(gone)}, which this study was measured against"
+            )
+        populations = [p for p in populations if p.name in pinned]
+        runs = [r for r in runs if r.name in pinned]
     missing = [p.name for p in populations if not os.path.exists(p.checkpoint)]
     if missing:
         raise SystemExit(
             f"error: --against {against}: {len(missing)} population(s) of its study.json not exported there "
             f"({', '.join(missing)}); run that study's command to train them"
+        )
+    played = committed_episodes(against)
+    backgrounds = [p.name for p in populations] + [RANDOM] + ([UNTRAINED] if args.num_untrained else [])
+    lacking = [
+        (p.name, b) for p in populations for b in backgrounds if len(played.get((p.name, b), ({}, []))[1]) < args.num_episodes
+    ]
+    if lacking:
+        raise SystemExit(
+            f"error: --against {against}: its cross-play lacks {len(lacking)} pair(s) (first: {lacking[0][0]} vs "
+            f"{lacking[0][1]}); finish that study with its own command first"
         )
     return populations, runs
 
@@ -999,6 +1033,8 @@ def statistics(populations, results, args, pool=None):
     episodes = np.array([[results.get((f, b), unplayed) for b in names] for f in names], dtype=float)  # (focal, bg, ep)
     matrix = episodes.mean(-1)
     columns = np.arange(len(names)) if pool is None else np.array([names.index(name) for name in pool])
+    if np.isnan(episodes[:, columns]).any() or np.isnan(episodes[np.arange(len(names)), np.arange(len(names))]).any():
+        raise ValueError("a pair the statistics draw from was not played")  # crossplay returns every pair it is asked
     rng = np.random.default_rng(args.seed)
     methods = list(dict.fromkeys(p.method for p in populations))
     in_pool = [m for m in methods if any(populations[c].method == m for c in columns)]
@@ -1487,13 +1523,19 @@ if __name__ == "__main__":
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
     runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
-    pool, pool_runs = yardstick(args.against, args.substrate, args.total_timesteps) if args.against else ([], [])
-    clash = sorted({m.label for m in methods} & {p.method for p in pool})
-    if clash:
-        raise SystemExit(
-            f"error: --methods {clash[0]}: the --against study {args.against} has a method of that label; label "
-            f"yours apart (label=script ...), or add seeds to it with that study's own command"
-        )
+    pool, pool_runs = [], []
+    if args.against:
+        pinned = None  # --from-results: the yardstick's populations this study was measured against
+        if args.from_results:
+            with open(f"{args.results}/study.json") as f:
+                pinned = json.load(f).get("yardstick")
+        pool, pool_runs = yardstick(args, pinned)
+        clash = sorted({m.label for m in methods} & {p.method for p in pool})
+        if clash:
+            raise SystemExit(
+                f"error: --methods {clash[0]}: the --against study {args.against} has a method of that label; label "
+                f"yours apart (label=script ...), or add seeds to it with that study's own command"
+            )
     if args.from_results:
         missing = [run.name for run in runs if not exported_population(run, args)]
         if missing:
@@ -1532,6 +1574,11 @@ if __name__ == "__main__":
     # with --results, a run's population is its export, the network every later call will play
     populations = [Population(r.method.label, r.seed, exported_population(r, args) or r.checkpoint()) for r in runs]
     populations += [external_population(spec) for spec in args.runs]
+    clash = sorted({p.method for p in populations[len(runs) :]} & {p.method for p in pool})
+    if clash:
+        raise SystemExit(
+            f"error: --runs labelled {clash[0]}: the --against study has a method of that label; label yours apart"
+        )
     for p in populations:
         substrate = utils.load_checkpoint(p.checkpoint, "--runs")["substrate"]
         if substrate != args.substrate:
@@ -1574,7 +1621,7 @@ if __name__ == "__main__":
     if args.results:
         export_study(args)
         if not args.from_results:
-            record_study(args, populations[len(runs) :])
+            record_study(args, populations[len(runs) :], pool)
     written = args.results if args.results else args.out
     print(
         f"written to {written}/: results.md, crossplay.csv, crossplay_heatmap.png, methods.png"

@@ -230,34 +230,67 @@ def test_against_a_yardstick_held_out_is_beside_its_populations_alone(tmp_path):
     assert difference[0] == pytest.approx(beside_pool - summary["y"]["held_out"][0]) and difference[1] > 0
 
 
-def test_against_refuses_another_substrate_budget_or_a_missing_population_in_one_line(tmp_path):
-    from study import yardstick
+def test_against_refuses_a_yardstick_it_cannot_be_measured_beside_in_one_line(tmp_path):
+    """A yardstick must share the settings that key its pairs and the budget, hold every population its
+    study.json names, and have cross-played them all; a study regenerated --from-results keeps the yardstick's
+    populations it was measured against (pinned)."""
+    from study import EPISODE_COLUMNS, yardstick
 
-    os.makedirs(tmp_path / "y" / "runs" / "mappo__seed1")
-    torch.save({}, tmp_path / "y" / "runs" / "mappo__seed1" / "population.pt")
+    y = str(tmp_path / "y")
+    os.makedirs(f"{y}/runs/mappo__seed1")
+    torch.save({}, f"{y}/runs/mappo__seed1/population.pt")
     record = {"args": {"substrate": "coins", "methods": ["mappo"], "seeds": [1, 2], "total_timesteps": 1000}}
     (tmp_path / "y" / "study.json").write_text(json.dumps(record))
-    y = str(tmp_path / "y")
+    args = lambda **changed: SimpleNamespace(  # noqa: E731
+        **{"against": y, "substrate": "coins", "total_timesteps": 1000, "seed": 1, "num_focal": 1, "num_episodes": 10}
+        | {"num_untrained": 3, **changed}
+    )
+    study = f"{y}/study.json"
     for call, expected in [
-        (("clean_up", 1000), f"error: --against {y} is a study on coins, not --substrate clean_up"),
         (
-            ("coins", 2000),
-            f"error: --against {y} trained its runs for 1000 env steps, not --total-timesteps 2000: methods are "
-            f"compared at equal budgets",
+            args(substrate="clean_up"),
+            f"error: --substrate clean_up differs from the --against study's (coins, in {study}): pass --substrate coins",
         ),
         (
-            ("coins", 1000),
+            args(total_timesteps=2000),
+            f"error: --total-timesteps 2000 differs from the --against study's (1000, in {study}): methods are "
+            "compared at equal budgets",
+        ),
+        (
+            args(num_episodes=40),
+            f"error: --num-episodes 40 differs from the --against study's (10, in {study}): pass --num-episodes 10",
+        ),
+        (
+            args(),
             f"error: --against {y}: 1 population(s) of its study.json not exported there (mappo__seed2); run that "
             f"study's command to train them",
         ),
     ]:
         with pytest.raises(SystemExit) as error:
-            yardstick(y, *call)
+            yardstick(call)
         assert str(error.value) == expected
-    os.makedirs(tmp_path / "y" / "runs" / "mappo__seed2")
-    torch.save({}, tmp_path / "y" / "runs" / "mappo__seed2" / "population.pt")
-    populations, runs = yardstick(y, "coins", 1000)
-    assert [p.name for p in populations] == ["mappo__seed1", "mappo__seed2"] and runs[1].results == y
+    os.makedirs(f"{y}/runs/mappo__seed2")
+    torch.save({}, f"{y}/runs/mappo__seed2/population.pt")
+    names = ["mappo__seed1", "mappo__seed2"]
+    pairs = [(f, b) for f in names for b in names + [RANDOM, UNTRAINED]]
+    rows = [(f, b, e, 1.0, "id", "id", 1, 1) for f, b in pairs[:-1] for e in range(10)]  # the last pair missing
+    pd.DataFrame(rows, columns=EPISODE_COLUMNS).to_csv(f"{y}/crossplay_episodes.csv", index=False)
+    with pytest.raises(SystemExit) as error:
+        yardstick(args())
+    assert str(error.value) == (
+        f"error: --against {y}: its cross-play lacks 1 pair(s) (first: mappo__seed2 vs untrained); finish that "
+        f"study with its own command first"
+    )
+    rows += [(*pairs[-1], e, 1.0, "id", "id", 1, 1) for e in range(10)]
+    pd.DataFrame(rows, columns=EPISODE_COLUMNS).to_csv(f"{y}/crossplay_episodes.csv", index=False)
+    populations, runs = yardstick(args())
+    assert [p.name for p in populations] == names and runs[1].results == y
+    assert [p.name for p in yardstick(args(), pinned=["mappo__seed2"])[0]] == ["mappo__seed2"]
+    with pytest.raises(SystemExit, match="no longer holds mappo__seed3, which this study was measured against"):
+        yardstick(args(), pinned=["mappo__seed3"])
+    (tmp_path / "y" / "study.json").write_text(json.dumps({"args": {**record["args"], "against": "results/x"}}))
+    with pytest.raises(SystemExit, match="was itself measured --against results/x; measure against that study"):
+        yardstick(args())
 
 
 def test_table_matrix_and_plots_are_written(tmp_path):
