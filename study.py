@@ -335,7 +335,7 @@ def training_summary(runs, results=None):
     per_method = {}
     for run in runs:
         checkpoint = run.checkpoint()
-        exported = (run.results or results) and f"{run.results or results}/runs/{run.name}/summary.json"
+        exported = exported_file(run, results, "summary.json")
         if checkpoint is not None:
             row = training_row(run_scalars(os.path.dirname(checkpoint)))
         elif exported and os.path.exists(exported):
@@ -376,7 +376,7 @@ def run_curve(run, results=None):
     the training.csv exported with it to `results`; None when it has neither."""
     import pandas as pd
 
-    exported = (run.results or results) and f"{run.results or results}/runs/{run.name}/training.csv"
+    exported = exported_file(run, results, "training.csv")
     if run.checkpoint() is not None:
         last = utils.read_file(run.checkpoint(), f"the checkpoint of {run.name}:")["global_step"]
         return binned_curves(run_scalars(os.path.dirname(run.checkpoint())), last)
@@ -502,9 +502,16 @@ def own_scalars_through_training(curves, total, path, title, points=10):
 CURVE_BINS = 100  # rows of an exported run's training.csv
 
 
+def exported_file(run, results, name):
+    """The path of the file `name` in `run`'s export: under --results (`results`), or under the folder of the
+    other study it belongs to (`run.results`, --against); None without either."""
+    folder = run.results or results
+    return folder and f"{folder}/runs/{run.name}/{name}"
+
+
 def exported_population(run, args):
     """The path of `run`'s population in --results when it is there and trained to --total-timesteps, else None."""
-    path = args.results and f"{args.results}/runs/{run.name}/population.pt"
+    path = exported_file(run, args.results, "population.pt")
     if not path or not os.path.exists(path):
         return None
     saved = utils.load_checkpoint(path, "--results")
@@ -688,8 +695,8 @@ def check_record(args):
 def record_study(args, external, pool=()):
     """--results/study.json: the command and flags of the call that wrote the tables there, the populations
     it added with --runs (`external`) and those of its --against study (`pool`), for a later call (--from-results
-    reads them). Written with the tables,
-    not before training, so that a folder committed while a longer call trains still regenerates its tables."""
+    reads them). Written with the tables, not before training, so that a folder committed while a longer call
+    trains still regenerates its tables."""
     flags = {k: v for k, v in asdict(args).items() if k not in ("out", "results", "from_results", "train_only")}
     command = shlex.join(["python", "study.py", *sys.argv[1:]])
     utils.save_json(
