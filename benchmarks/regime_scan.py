@@ -54,7 +54,8 @@ def judge(folder, random_play, method="mappo"):
     """One substrate's row: its numbers and whether it qualifies."""
     with open(f"{folder}/study.json") as f:
         saved = json.load(f)["args"]
-    pairs = {pair: episodes for pair, (_, episodes) in study.committed_episodes(folder).items()}
+    # the study's --num-episodes of each pair: a top-up in progress may have committed more for some pairs
+    pairs = {pair: episodes[: saved["num_episodes"]] for pair, (_, episodes) in study.committed_episodes(folder).items()}
     names = [f"{method}__seed{seed}" for seed in saved["seeds"]]
     missing = [n for n in names if (n, n) not in pairs]
     if missing:
@@ -63,7 +64,14 @@ def judge(folder, random_play, method="mappo"):
         )
     populations = [study.Population(method, seed, name) for seed, name in zip(saved["seeds"], names)]
     summary = study.statistics(
-        populations, pairs, SimpleNamespace(seed=saved["seed"], reference=None, bootstrap_samples=saved["bootstrap_samples"])
+        populations,
+        pairs,
+        SimpleNamespace(
+            seed=saved["seed"],
+            reference=None,
+            bootstrap_samples=saved["bootstrap_samples"],
+            num_episodes=saved["num_episodes"],
+        ),
     )[1][method]
     self_play = [np.mean(pairs[n, n]) for n in names]
     held = [[r for b in names if b != n for r in pairs[n, b]] for n in names]

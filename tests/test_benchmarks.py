@@ -119,6 +119,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
     names = [f"mappo__seed{s}" for s in (1, 2, 3)]
     episodes = {(f, b): [4.0 if f != names[2] else 1.5] * 3 if f == b else [1.0, 0.9, 1.1] for f in names for b in names}
     episodes.update({(f, r): [0.5] * 3 for f in names for r in (study.RANDOM, study.UNTRAINED)})
+    episodes[names[0], names[0]] = [4.0] * 3 + [100.0]  # a top-up to more episodes in progress: not the study's 3
     keys = {pair: {"focal": [pair[0], "x"], "background": [pair[1], ["y"]], "seed": 1, "num_focal": 1} for pair in episodes}
     folder = tmp_path / "scan"
     os.makedirs(folder)
@@ -131,6 +132,7 @@ def test_regime_scan_judges_a_substrate_by_the_issues_rule(tmp_path, monkeypatch
                 "seeds": [1, 2, 3],
                 "seed": 1,
                 "bootstrap_samples": 2000,
+                "num_episodes": 3,
                 "total_timesteps": 2_000_000,
             },
         },

@@ -79,7 +79,7 @@ def test_a_study_on_two_ray_nodes_writes_what_the_local_path_writes(tmp_path, tw
     nodes, _ = two_nodes
     on_ray = run_script("study.py", *study_flags("--ray", nodes.address), cwd=tmp_path, timeout=900)
     assert "a Ray cluster of 2 node(s), 2 CPU(s), 0 GPU(s); --out is shared by every node" in on_ray.stdout
-    assert "training 2 run(s) on the Ray cluster" in on_ray.stdout and "episodes, the Ray cluster" in on_ray.stdout
+    assert "training 2 run(s) on the Ray cluster" in on_ray.stdout and "(1 a pair), the Ray cluster" in on_ray.stdout
     out = tmp_path / "study"
     for seed in (1, 2):
         where, started = commands(out / f"mappo__seed{seed}/train.log")
