@@ -743,6 +743,9 @@ def test_every_committed_study_regenerates_from_results_alone(tmp_path, record):
     study = os.path.dirname(record)
     copy = tmp_path / os.path.basename(study)
     shutil.copytree(study, copy)
+    against = json.load(open(record))["args"].get("against")
+    if against:  # measured against a yardstick: its committed folder, where the study's command names it
+        shutil.copytree(os.path.join(ROOT, against), tmp_path / against)
     for name in ("results.md", "training.md"):
         os.remove(copy / name)
     run_script("study.py", "--from-results", str(copy), cwd=tmp_path, timeout=300)
