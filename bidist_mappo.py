@@ -100,21 +100,7 @@ class Args:
 
     # BiDist arguments
     p: float = 0.5
-    """probability that a player slot is played by the fictitious population phi for one rollout (with
-    --p-schedule controller: its starting value)"""
-    p_schedule: Literal["fixed", "controller", "bandit"] = "fixed"
-    """how p moves during training (beyond the paper, its first open question): `fixed` (--p throughout), `controller`
-    (holds the trained slots' relative drop beside phi at --p-target) or `bandit` (discounted UCB over --p-arms,
-    rewarded by the trained slots' progress beside phi); docs/algorithms/bidist.md#an-adaptive-p"""
-    p_target: float = 0.1
-    """controller: the relative drop (R_theta - R_phi) / (|R_theta| + |R_phi|) of the trained slots' reward beside
-    phi against beside theta that it holds"""
-    p_lr: float = 0.02
-    """controller: the change of p per rollout per unit of the drop's error"""
-    p_bounds: tuple[float, float] = (0.1, 0.9)
-    """controller: the lowest and highest p"""
-    p_arms: tuple[float, ...] = (0.25, 0.5, 0.75)
-    """bandit: the values of p it chooses among"""
+    """probability that a player slot is played by the fictitious population phi for one rollout"""
     kd: int = 10
     """iterations between distillation phases; the distillation window holds the last kd rollouts"""
     eta_f: float = 1.0
@@ -184,17 +170,6 @@ def check_args(args):
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0.0 <= args.p <= 1.0:
         raise SystemExit(f"error: --p is a probability and must be in [0, 1], got {args.p}")
-    low, high = args.p_bounds
-    if not 0.0 <= low <= high <= 1.0:
-        raise SystemExit(f"error: --p-bounds must be two probabilities, the lower first, got {low:g} {high:g}")
-    if args.p_schedule == "controller" and not low <= args.p <= high:
-        raise SystemExit(f"error: --p {args.p:g} is the controller's starting p and must lie in --p-bounds {low:g} {high:g}")
-    if not args.p_arms or not all(0.0 < arm <= 1.0 for arm in args.p_arms):  # p = 0 would never meet phi to learn from
-        raise SystemExit(f"error: --p-arms must be one or more probabilities in (0, 1], got {' '.join(map(str, args.p_arms))}")
-    if not 0.0 <= args.p_target < 1.0:
-        raise SystemExit(f"error: --p-target is a relative drop and must be in [0, 1), got {args.p_target:g}")
-    if args.p_lr <= 0:
-        raise SystemExit(f"error: --p-lr must be > 0, got {args.p_lr:g}")
     for name in ["eta_f", "eta_r", "reverse_trust", "reverse_floor"]:
         if getattr(args, name) < 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -204,10 +179,17 @@ def check_args(args):
     utils.check_substrate(args.substrate)
 
 
-def check_reverse_objective(saved, path, args):
-    """Checkpoints written up to commit ebf3ba5 name their reverse loss in their args (`saved`) as
-    --reverse-objective. The four that are today's loss with some coefficients at 0 resume with those at 0;
-    the four others are not in this script any more: a one-line error."""
+def check_removed_flags(saved, path, args):
+    """Checkpoints keep the flags they were trained with (`saved`), some of which this script no longer has.
+    A run trained with an adaptive --p-schedule (up to commit bdc1fb0) does not resume: a one-line error.
+    Up to commit ebf3ba5, the reverse loss was named by --reverse-objective: the four objectives that are
+    today's loss with some coefficients at 0 resume with those at 0; the four others, a one-line error."""
+    schedule = saved.get("p_schedule", "fixed")
+    if schedule != "fixed":
+        raise SystemExit(
+            f"error: --resume {path} was trained with --p-schedule {schedule}, which this script no longer has "
+            f"(commit bdc1fb0 does; docs/algorithms/bidist.md#an-adaptive-p says why); only a fixed --p resumes"
+        )
     objective = saved.get("reverse_objective", "trust-floor")
     zero = {
         "trust-floor": [],
@@ -450,89 +432,15 @@ def sample_mask(num_envs, num_players, p):
     return fictitious
 
 
-# ALGO LOGIC: an adaptive p (--p-schedule; beyond the paper). After each rollout a schedule reads what it showed,
-# the trained slots' reward per step beside phi and beside theta alone, and sets the next rollout's p. Its state
-# is a dict of numbers, saved in checkpoints, so that a resumed run continues it exactly.
-P_SMOOTHING = 0.9  # controller: weight of the past in its averages of the rewards beside phi and beside theta
-BANDIT_DISCOUNT = 0.95  # bandit: weight of the past in each arm's statistics (about the last 20 rollouts count)
-BANDIT_EXPLORATION = 0.5  # bandit: the width of its optimism, in units of a typical progress
-
-
 def rollout_signal(rewards, fictitious):
     """The trained slots' mean reward per step in one rollout (`rewards`: (num_steps, num_envs, num_players), a
     numpy array; `fictitious`: the mask), in the environments where phi plays a slot and in those where it does
-    not: (beside_phi, beside_theta), nan where the rollout had no such environment."""
+    not: (beside_phi, beside_theta), nan where the rollout had no such environment. Logged as
+    mixed/reward_beside_phi and mixed/reward_beside_theta: how hard a partner phi is, next to theta itself."""
     with_phi = fictitious.any(axis=1, keepdims=True)  # (num_envs, 1)
     trained = ~fictitious
     beside_phi, beside_theta = trained & with_phi, trained & ~with_phi
-    # Python floats: a checkpoint holds no numpy scalar (it could not be loaded as data alone)
     return tuple(float(rewards[:, mask].mean()) if mask.any() else math.nan for mask in (beside_phi, beside_theta))
-
-
-def initial_p_state(args):
-    """The schedule's state before the first rollout: p = --p (fixed, controller), or the first of --p-arms (bandit)."""
-    if args.p_schedule == "bandit":
-        arms = len(args.p_arms)
-        return {"p": args.p_arms[0], "arm": 0, "counts": [0.0] * arms, "sums": [0.0] * arms, "last_arm": -1,
-                "last_phi": math.nan, "scale": math.nan}  # fmt: skip
-    if args.p_schedule == "controller":  # its averages start at the first rollout that measures them
-        return {"p": args.p, "phi": math.nan, "theta": math.nan, "drop": math.nan}
-    return {"p": args.p}
-
-
-def smooth(average, value, weight=P_SMOOTHING):
-    """An exponential average that starts at its first value and ignores nan."""
-    if math.isnan(value):
-        return average
-    return value if math.isnan(average) else weight * average + (1 - weight) * value
-
-
-def controller_p(state, beside_phi, beside_theta, args):
-    """Moves p to hold the trained slots' relative drop beside phi, (R_theta - R_phi) / (|R_theta| + |R_phi|)
-    over smoothed rewards, at --p-target: a phi harder to play beside than that lowers p, an easier one (no
-    harder than self-play) raises it, by --p-lr x the error, within --p-bounds."""
-    phi, theta = smooth(state["phi"], beside_phi), smooth(state["theta"], beside_theta)
-    drop, p = state["drop"], state["p"]
-    if not (math.isnan(phi) or math.isnan(theta)):
-        drop = (theta - phi) / (abs(theta) + abs(phi) + 1e-8)
-        p = min(max(p - args.p_lr * (drop - args.p_target), args.p_bounds[0]), args.p_bounds[1])
-    return {"p": p, "phi": phi, "theta": theta, "drop": drop}
-
-
-def bandit_p(state, beside_phi, beside_theta, args):
-    """Discounted UCB (Garivier and Moulines, 2011) over the values of --p-arms. An arm's reward is the progress
-    its rollout's update made: the change in the trained slots' reward beside phi from that rollout to the next,
-    in units of a typical change; every arm is tried once, then the one with the best discounted mean plus
-    BANDIT_EXPLORATION x sqrt(log(total count) / its count) plays the next rollout."""
-    state = {**state, "counts": list(state["counts"]), "sums": list(state["sums"])}
-    if not math.isnan(beside_phi):
-        if state["last_arm"] >= 0 and not math.isnan(state["last_phi"]):
-            progress = beside_phi - state["last_phi"]
-            state["scale"] = smooth(state["scale"], abs(progress))
-            state["counts"] = [BANDIT_DISCOUNT * n for n in state["counts"]]
-            state["sums"] = [BANDIT_DISCOUNT * s for s in state["sums"]]
-            state["counts"][state["last_arm"]] += 1.0
-            state["sums"][state["last_arm"]] += progress / max(state["scale"], 1e-8)
-        state["last_arm"], state["last_phi"] = state["arm"], beside_phi
-    counts, sums = state["counts"], state["sums"]
-    untried = [arm for arm, n in enumerate(counts) if n == 0.0]
-    if untried:
-        arm = untried[0]
-    else:
-        total = sum(counts)
-        arm = max(
-            range(len(counts)), key=lambda a: sums[a] / counts[a] + BANDIT_EXPLORATION * math.sqrt(math.log(total) / counts[a])
-        )
-    return {**state, "arm": arm, "p": args.p_arms[arm]}
-
-
-def next_p(state, beside_phi, beside_theta, args):
-    """The state of --p-schedule after a rollout; its "p" plays the next rollout."""
-    if args.p_schedule == "controller":
-        return controller_p(state, beside_phi, beside_theta, args)
-    if args.p_schedule == "bandit":
-        return bandit_p(state, beside_phi, beside_theta, args)
-    return state
 
 
 def mixed_action(actor, phi, fictitious, rgb, vector, theta_state, phi_state, done):
@@ -712,9 +620,9 @@ if __name__ == "__main__":
             args.resume,
             SCRIPT,
             args,
-            must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd", "p_schedule"),
+            must_match=("substrate", "downsample", "hidden_size", "num_envs", "num_steps", "kd"),
         )
-        check_reverse_objective(checkpoint["args"], args.resume, args)
+        check_removed_flags(checkpoint["args"], args.resume, args)
         run_name = checkpoint["run_name"]
     else:
         run_name = f"{args.substrate}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -756,7 +664,6 @@ if __name__ == "__main__":
         phi.load_state_dict(actor.state_dict())
     phi_optimizer = optim.Adam(phi.parameters(), lr=args.distill_lr, eps=1e-5)
     global_step, phases_run, last_phase = 0, 0, None  # last_phase: direction of phi's latest phase
-    p_state = initial_p_state(args)  # --p-schedule's state; p_state["p"] plays the next rollout
     if checkpoint:
         actor.load_state_dict(checkpoint["actor"])
         critic.load_state_dict(checkpoint["critic"])
@@ -765,7 +672,6 @@ if __name__ == "__main__":
         phi.load_state_dict(checkpoint["phi"])
         phi_optimizer.load_state_dict(checkpoint["phi_optimizer"])
         phases_run, last_phase = checkpoint["phases_run"], checkpoint.get("last_phase")
-        p_state = checkpoint.get("p_state", p_state)  # a checkpoint older than --p-schedule had a fixed p
         utils.set_rng_state(checkpoint["rng"])
         global_step = checkpoint["global_step"]
 
@@ -813,7 +719,6 @@ if __name__ == "__main__":
             "phases_run": phases_run,
             "last_phase": last_phase,
             "window": list(window),
-            "p_state": p_state,
         }
 
     # ALGO Logic: Storage setup, time-major, one column per player row
@@ -853,7 +758,7 @@ if __name__ == "__main__":
             completed = copy.deepcopy(state(iteration - 1), memo={id(x): x for rollout in window for x in rollout})
             # ALGO LOGIC: mixed play. Draw the slots phi plays in this rollout; a slot whose
             # controller changed starts from a zero recurrent state (our choice)
-            new_fictitious = torch.tensor(sample_mask(args.num_envs, args.num_players, p_state["p"]).ravel()).to(device)
+            new_fictitious = torch.tensor(sample_mask(args.num_envs, args.num_players, args.p).ravel()).to(device)
             keep = (new_fictitious == fictitious).float().view(1, -1, 1)
             next_lstm_state = (keep * next_lstm_state[0], keep * next_lstm_state[1])
             phi_lstm_state = (keep * phi_lstm_state[0], keep * phi_lstm_state[1])
@@ -1021,11 +926,10 @@ if __name__ == "__main__":
             for part, share in timer.shares().items():  # where the iteration's wall time went
                 writer.add_scalar(f"charts/time_{part}", share, global_step)
             writer.add_scalar("mixed/fictitious_fraction", fictitious.float().mean().item(), global_step)
-            # ALGO LOGIC: what this rollout showed, which --p-schedule reads (below) to set the next one's p
+            # how hard a partner phi was this rollout, next to theta itself
             beside_phi, beside_theta = rollout_signal(
                 rewards.cpu().numpy().reshape(args.num_steps, args.num_envs, args.num_players), fictitious_np
             )
-            writer.add_scalar("mixed/p", p_state["p"], global_step)
             for name, value in [("reward_beside_phi", beside_phi), ("reward_beside_theta", beside_theta)]:
                 if not math.isnan(value):
                     writer.add_scalar(f"mixed/{name}", value, global_step)
@@ -1037,13 +941,9 @@ if __name__ == "__main__":
                 print(
                     f"iter {iteration}/{args.num_iterations} | step {global_step:,}/{args.total_timesteps:,} | "
                     f"SPS {sps:,} | ETA {format_eta(eta)} | return/player {mean_return} (all slots {all_return}) | "
-                    f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}"
-                    + ("" if args.p_schedule == "fixed" else f" | p {p_state['p']:.2f}"),
+                    f"entropy {stats['entropy'].item():.2f} | value_loss {stats['v_loss'].item():.3f}",
                     flush=True,
                 )
-            p_state = next_p(p_state, beside_phi, beside_theta, args)  # the next rollout's p
-            if args.p_schedule == "controller" and not math.isnan(p_state["drop"]):
-                writer.add_scalar("mixed/drop_beside_phi", p_state["drop"], global_step)
             if args.snapshot_every and iteration % args.snapshot_every == 0:
                 utils.save_snapshot(run_dir, "theta", iteration, global_step, actor)
                 utils.save_snapshot(run_dir, "phi", iteration, global_step, phi, last_phase=last_phase)

@@ -12,19 +12,14 @@ import torch
 from test_algorithm import FakeEnvs
 
 from bidist_mappo import (
-    BANDIT_DISCOUNT,
     Actor,
     Args,
-    bandit_p,
-    controller_p,
     distill,
     distill_diagnostics,
     forward_distillation_loss,
-    initial_p_state,
     kl_divergence,
     mixed_action,
     mutual_information,
-    next_p,
     restart_from,
     reverse_distillation_loss,
     rollout_signal,
@@ -176,62 +171,8 @@ def test_the_rollout_signal_splits_the_trained_slots_by_whether_phi_plays_beside
     fictitious = np.array([[True, False], [False, False], [False, False]])
     beside_phi, beside_theta = rollout_signal(rewards, fictitious)
     assert beside_phi == (1 + 7) / 2  # env 0's player 1, both steps; phi's own reward (player 0) is not counted
-    assert type(beside_phi) is float, "a numpy scalar in a checkpoint would not load with weights_only"
     assert beside_theta == np.mean([2, 3, 4, 5, 8, 9, 10, 11])
     assert math.isnan(rollout_signal(rewards, np.zeros((3, 2), dtype=bool))[0])
-
-
-def p_args(**flags):
-    defaults = {f: getattr(Args, f) for f in ("p", "p_target", "p_lr", "p_bounds", "p_arms")}
-    return SimpleNamespace(**{**defaults, "p_schedule": "controller", **flags})
-
-
-def test_the_controller_lowers_p_beside_a_hard_phi_raises_it_beside_an_easy_one_within_its_bounds():
-    args = p_args(p=0.5, p_target=0.1, p_lr=0.02, p_bounds=(0.1, 0.9))
-    state = initial_p_state(args)
-    hard = controller_p(state, beside_phi=1.0, beside_theta=3.0, args=args)  # drop (3 - 1) / (3 + 1) = 0.5
-    assert hard["drop"] == pytest.approx(0.5) and hard["p"] == pytest.approx(0.5 - 0.02 * (0.5 - 0.1))
-    easy = controller_p(state, beside_phi=3.0, beside_theta=3.0, args=args)  # drop 0: no harder than self-play
-    assert easy["p"] == pytest.approx(0.5 + 0.02 * 0.1)
-    # the rewards are averaged over rollouts, the newest with weight 0.1
-    assert controller_p(hard, 2.0, 3.0, args)["phi"] == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
-    assert controller_p(state, math.nan, 3.0, args)["p"] == 0.5, "no rollout beside phi yet: p stays"
-    low = high = state
-    for _ in range(200):
-        low, high = controller_p(low, -5.0, 5.0, args), controller_p(high, 5.0, 5.0, args)
-    assert low["p"] == 0.1 and high["p"] == 0.9
-    assert next_p(state, 1.0, 3.0, p_args(p_schedule="fixed")) is state
-
-
-def test_the_bandit_tries_every_arm_then_credits_each_rollouts_arm_with_the_progress_that_followed():
-    args = p_args(p_schedule="bandit", p_arms=(0.25, 0.5, 0.75))
-    state = initial_p_state(args)
-    assert (state["arm"], state["p"]) == (0, 0.25)
-    state = bandit_p(state, 1.0, math.nan, args)  # rollout 1 (arm 0) seen: nothing to credit yet
-    assert state["counts"] == [0, 0, 0] and (state["arm"], state["last_arm"]) == (0, 0)
-    state = bandit_p(state, 3.0, math.nan, args)  # rollout 2: arm 0 (rollout 1's update) made progress 2
-    assert state["counts"] == [1, 0, 0] and state["sums"] == [1.0, 0, 0] and state["scale"] == 2.0
-    assert (state["arm"], state["p"]) == (1, 0.5), "an untried arm next"
-    state = bandit_p(state, 2.0, math.nan, args)  # rollout 3 (arm 0 played rollout 2): progress -1
-    scale = 0.9 * 2.0 + 0.1 * 1.0
-    assert state["counts"][0] == pytest.approx(BANDIT_DISCOUNT + 1)
-    assert state["sums"][0] == pytest.approx(BANDIT_DISCOUNT * 1.0 - 1.0 / scale)
-    assert state["arm"] == 1 and state["last_arm"] == 1
-    assert bandit_p(state, math.nan, 0.0, args)["counts"] == state["counts"], "a rollout without phi credits nothing"
-
-
-def test_the_bandit_settles_on_the_arm_whose_updates_make_progress_and_follows_it_when_it_changes():
-    args = p_args(p_schedule="bandit", p_arms=(0.25, 0.5, 0.75))
-    state, beside_phi, chosen = initial_p_state(args), 0.0, []
-    rng = np.random.default_rng(0)
-    for rollout in range(600):
-        best = 2 if rollout < 300 else 0  # the arm whose updates help, until it changes halfway
-        chosen.append(state["arm"])
-        beside_phi += (1.0 if state["arm"] == best else -0.5) + rng.normal(0, 0.5)  # this rollout's update's effect
-        state = bandit_p(state, beside_phi, math.nan, args)
-    assert chosen[:4] == [0, 0, 1, 1] and 2 in chosen[:8]
-    assert np.mean(np.array(chosen[100:300]) == 2) > 0.75, np.bincount(chosen[100:300])
-    assert np.mean(np.array(chosen[400:]) == 0) > 0.75, np.bincount(chosen[400:])
 
 
 def phases(iterations, **flags):

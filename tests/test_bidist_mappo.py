@@ -7,7 +7,7 @@ import torch
 from conftest import run_script, spawned_workers
 from test_mappo import error_line, only_run_dir, scalars
 
-from bidist_mappo import Args, check_reverse_objective
+from bidist_mappo import Args, check_removed_flags
 
 
 @pytest.mark.slow
@@ -120,32 +120,6 @@ def test_ablation_and_p_zero_run(tmp_path, tiny_flags):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["controller", "bandit"])
-def test_an_adaptive_p_is_logged_every_rollout_checkpointed_and_resumed_where_it_was(tmp_path, tiny_flags, schedule):
-    flags = ["--p-schedule", schedule, "--p-arms", "0.3", "0.6", "--kd", "2", "--checkpoint-every", "1"]
-    run_script("bidist_mappo.py", *tiny_flags, *flags, "--total-timesteps", "128", cwd=tmp_path)
-    run_dir = only_run_dir(tmp_path)
-    checkpoint = torch.load(f"{run_dir}/checkpoint.pt", weights_only=True)
-    saved = checkpoint["p_state"]
-    ps = [round(value, 6) for _, value in scalars(run_dir)["mixed/p"]]  # TensorBoard keeps float32
-    assert len(ps) == 4 and ps[0] == (0.5 if schedule == "controller" else 0.3)
-    if schedule == "controller":  # within its bounds, moved by every rollout that had phi and theta environments
-        assert all(0.1 <= p <= 0.9 for p in ps) and "mixed/reward_beside_phi" in scalars(run_dir)
-    else:
-        assert set(ps) <= {0.3, 0.6} and len(saved["counts"]) == 2
-    result = run_script("bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--total-timesteps", "192", cwd=tmp_path)
-    assert f" | p {saved['p']:.2f}" in result.stdout
-    resumed = [round(value, 6) for _, value in scalars(run_dir)["mixed/p"]]
-    assert resumed[:4] == ps and resumed[4] == round(saved["p"], 6) and len(resumed) == 6
-    line = error_line(
-        run_script(
-            "bidist_mappo.py", "--resume", f"{run_dir}/checkpoint.pt", "--p-schedule", "fixed", cwd=tmp_path, check=False
-        )
-    )
-    assert line == f"error: --resume {run_dir}/checkpoint.pt was trained with --p-schedule {schedule}, not fixed"
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("reset", [True, False])
 def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_flags, reset):
     """With --eta-f 0 the forward phase's loss has no gradient, so phi ends the phase where it started
@@ -173,14 +147,10 @@ def test_a_forward_phase_starts_from_theta_unless_no_reset_phi(tmp_path, tiny_fl
         (["--reverse-trust", "-1"], "error: --reverse-trust must be >= 0, got -1.0"),
         (["--reverse-floor", "-2"], "error: --reverse-floor must be >= 0, got -2.0"),
         (["--snapshot-every", "-1"], "error: --snapshot-every must be >= 0, got -1"),
-        (["--p-bounds", "0.8", "0.2"], "error: --p-bounds must be two probabilities, the lower first, got 0.8 0.2"),
         (
-            ["--p-schedule", "controller", "--p", "0.95"],
-            "error: --p 0.95 is the controller's starting p and must lie in --p-bounds 0.1 0.9",
+            ["--p-schedule", "bandit"],  # removed with the adaptive p (issue 30)
+            "error: Unrecognized options: --p-schedule, bandit (python bidist_mappo.py --help lists the flags)",
         ),
-        (["--p-arms", "0", "0.5"], "error: --p-arms must be one or more probabilities in (0, 1], got 0.0 0.5"),
-        (["--p-target", "1"], "error: --p-target is a relative drop and must be in [0, 1), got 1"),
-        (["--p-lr", "0"], "error: --p-lr must be > 0, got 0"),
         (
             ["--substrate", "clean_upp"],
             "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
@@ -213,9 +183,23 @@ def test_an_old_checkpoints_reverse_objective_resumes_only_as_todays_loss(object
     args = Args(**flags)
     if refused:
         with pytest.raises(SystemExit, match=f"^error: --resume old.pt was trained with --reverse-objective {objective}"):
-            check_reverse_objective(saved, "old.pt", args)
+            check_removed_flags(saved, "old.pt", args)
     else:
-        check_reverse_objective(saved, "old.pt", args)
+        check_removed_flags(saved, "old.pt", args)
+
+
+@pytest.mark.parametrize("schedule, refused", [("controller", True), ("bandit", True), ("fixed", False), (None, False)])
+def test_a_run_trained_with_an_adaptive_p_schedule_does_not_resume(schedule, refused):
+    saved = {} if schedule is None else {"p_schedule": schedule}
+    if refused:
+        with pytest.raises(SystemExit) as error:
+            check_removed_flags(saved, "old.pt", Args())
+        assert str(error.value) == (
+            f"error: --resume old.pt was trained with --p-schedule {schedule}, which this script no longer has "
+            "(commit bdc1fb0 does; docs/algorithms/bidist.md#an-adaptive-p says why); only a fixed --p resumes"
+        )
+    else:
+        check_removed_flags(saved, "old.pt", Args())
 
 
 def test_a_mappo_checkpoint_is_refused(tmp_path):
