@@ -37,7 +37,10 @@ class Args:
     """training scripts by name, each optionally with flags and a label: `bidist_mappo`, or
     `"bidist_p03=bidist_mappo --p 0.3"` (label=script flags)"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    """training seeds: every method trains once per seed"""
+    """training seeds: every method trains once per seed (unless --seeds-of names its own)"""
+    seeds_of: list[str] = field(default_factory=list)
+    """LABEL=SEED,SEED,...: the seeds of one method instead of --seeds, e.g. `bidist_mappo=1,2,3,4,5` (five
+    seeds for the methods whose intervals overlap, three for the rest)"""
     total_timesteps: int = 300_000
     """environment steps of every training run"""
     train_flags: str = ""
@@ -121,6 +124,30 @@ def parse_method(spec, check=True):
     if not label or any(c in label for c in "/ "):
         raise SystemExit(f"error: --methods {spec!r}: the label must be non-empty, without '/' or spaces")
     return Method(label, script, flags)
+
+
+def seeds_by_method(seeds, seeds_of, methods):
+    """{label: its training seeds}: `seeds` (--seeds), or the seeds that `seeds_of` (--seeds-of, each
+    LABEL=SEED,SEED,...) gives a method; one-line errors for a malformed entry, a label no method has, a
+    method named twice, and a seed listed twice."""
+    by_method = {m.label: list(seeds) for m in methods}
+    given = {}
+    for spec in seeds_of:
+        label, _, listed = spec.partition("=")
+        try:
+            given[label] = [int(seed) for seed in listed.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --seeds-of {spec!r}: write LABEL=SEED,SEED,... (e.g. bidist_mappo=1,2,3,4,5)") from None
+        if label not in by_method:
+            raise SystemExit(f"error: --seeds-of {spec!r}: no method labelled {label!r} (--methods: {', '.join(by_method)})")
+        if [s.partition("=")[0] for s in seeds_of].count(label) > 1:
+            raise SystemExit(f"error: --seeds-of names {label} twice; give all its seeds in one {label}=SEED,SEED,...")
+    by_method.update(given)
+    for label, listed in by_method.items():
+        if len(set(listed)) < len(listed):
+            where = f"--seeds-of {label}=..." if label in given else "--seeds"
+            raise SystemExit(f"error: {where} lists seed {max(listed, key=listed.count)} twice")
+    return by_method
 
 
 def check_flags(module, script, words, what):
@@ -790,7 +817,7 @@ def yardstick(args, pinned=None):
     runs = [
         Run(m, seed, f"{against}/runs/{m.label}__seed{seed}", results=against)
         for m in methods
-        for seed in saved["args"]["seeds"]
+        for seed in seeds_by_method(saved["args"]["seeds"], saved["args"].get("seeds_of", []), methods)[m.label]
     ]
     populations = [Population(r.method.label, r.seed, f"{against}/runs/{r.name}/population.pt") for r in runs]
     populations += [
@@ -1495,6 +1522,7 @@ def check_study(args):
             f"error: --methods: two methods have the label {max(labels, key=labels.count)!r}; "
             f"name them apart with label=script ..."
         )
+    seeds_by_method(args.seeds, args.seeds_of, methods)
     os.makedirs(args.out, exist_ok=True)
     record = f"{args.out}/study.json"
     if os.path.exists(record):
@@ -1510,6 +1538,7 @@ def check_study(args):
                 "substrate": args.substrate,
                 "methods": args.methods,
                 "seeds": args.seeds,
+                "seeds_of": args.seeds_of,
                 "total_timesteps": args.total_timesteps,
             },
             f,
@@ -1529,7 +1558,8 @@ if __name__ == "__main__":
         check_record(args)
     if args.snapshot_every is None:  # about 10 snapshots per run at the default 8 envs x 128 steps
         args.snapshot_every = max(1, args.total_timesteps // (8 * 128) // 10)
-    runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in args.seeds]
+    seeds = seeds_by_method(args.seeds, args.seeds_of, methods)
+    runs = [Run(m, seed, f"{args.out}/{m.label}__seed{seed}") for m in methods for seed in seeds[m.label]]
     pool, pool_runs = [], []
     if args.against:
         pinned = None  # --from-results: the yardstick's populations this study was measured against

@@ -34,6 +34,7 @@ from study import (
     interval,
     parse_method,
     run_status,
+    seeds_by_method,
     statistics,
     summarise_method,
     summarise_reference,
@@ -68,6 +69,27 @@ def test_methods_parse_with_labels_flags_and_one_line_errors():
         str(error.value)
         == "error: --methods 'mappo --p 0.3' passes --p, which mappo.py does not take (python mappo.py --help)"
     )
+
+
+def test_seeds_of_gives_one_method_its_own_seeds_and_bad_entries_one_line_errors():
+    methods = [Method("mappo", "mappo", ()), Method("bidist_mappo", "bidist_mappo", ())]
+    assert seeds_by_method([1, 2, 3], [], methods) == {"mappo": [1, 2, 3], "bidist_mappo": [1, 2, 3]}
+    assert seeds_by_method([1, 2, 3], ["bidist_mappo=1,2,3,4,5"], methods) == {
+        "mappo": [1, 2, 3],
+        "bidist_mappo": [1, 2, 3, 4, 5],
+    }
+    for seeds_of, expected in [
+        (["bidist_mappo"], "error: --seeds-of 'bidist_mappo': write LABEL=SEED,SEED,... (e.g. bidist_mappo=1,2,3,4,5)"),
+        (["bidist_mappo=4 5"], "error: --seeds-of 'bidist_mappo=4 5': write LABEL=SEED,SEED,..."),
+        (["fsp=4"], "error: --seeds-of 'fsp=4': no method labelled 'fsp' (--methods: mappo, bidist_mappo)"),
+        (["mappo=4", "mappo=5"], "error: --seeds-of names mappo twice; give all its seeds in one mappo=SEED,SEED,..."),
+        (["mappo=4,5,4"], "error: --seeds-of mappo=... lists seed 4 twice"),
+    ]:
+        with pytest.raises(SystemExit) as error:
+            seeds_by_method([1, 2, 3], seeds_of, methods)
+        assert str(error.value).startswith(expected), seeds_of
+    with pytest.raises(SystemExit, match="^error: --seeds lists seed 2 twice$"):
+        seeds_by_method([1, 2, 2], [], methods)
 
 
 def fake_checkpoint(path, iteration, num_envs=8, num_steps=128, **extra):
@@ -541,6 +563,7 @@ def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp
         (["--methods", "mappo", "mappo"], "error: --methods: two methods have the label 'mappo'"),
         (["--seeds", "1", "--num-episodes", "0"], "error: --num-episodes must be at least 1, got 0"),
         (["--threads", "0"], "error: --threads must be at least 1, got 0"),
+        (["--seeds-of", "fsp=4"], "error: --seeds-of 'fsp=4': no method labelled 'fsp' (--methods: mappo, bidist_mappo)"),
         (
             ["--substrate", "clean_upp"],
             "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
@@ -686,13 +709,13 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     assert "cross-play:" not in result.stdout and "training" not in result.stdout.split("\n")[0].lower()
     assert {name: (res / name).read_text() for name in committed} == committed
 
-    more_seeds = flags[: flags.index("--seeds") + 3] + ["3"] + flags[flags.index("--seeds") + 3 :]
-    more = run_script("study.py", *more_seeds, cwd=tmp_path, timeout=600)
-    assert "training 2 run(s)" in more.stdout and more.stdout.count("in res, not retrained") == 4
-    # 6 populations beside 6 + 2 backgrounds, less the 4 x 6 pairs committed before
-    assert "cross-play: 24 (focal, background) pair(s)" in more.stdout
-    assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 6 * 8
-    assert "| mappo | 3 |" in (res / "results.md").read_text()
+    flags += ["--seeds-of", "mappo=1,2,3"]  # a third seed for one method (--seeds-of), recorded in study.json
+    more = run_script("study.py", *flags, cwd=tmp_path, timeout=600)
+    assert "training 1 run(s)" in more.stdout and more.stdout.count("in res, not retrained") == 4
+    # 5 populations beside 5 + 2 backgrounds, less the 4 x 6 pairs committed before
+    assert "cross-play: 11 (focal, background) pair(s)" in more.stdout
+    assert len(pd.read_csv(res / "crossplay_episodes.csv")) == 5 * 7
+    assert "| mappo | 3 |" in (res / "results.md").read_text() and "| bidist_mappo | 2 |" in (res / "results.md").read_text()
     # the policy space holds the exported runs' snapshots (their features) beside the new seed's
     space = pd.read_csv(res / "policy_space.csv")
     assert set(space.seed) == {1, 2, 3} and (~space[(space.seed == 1) & (space.method == "mappo")].final).any()
@@ -700,20 +723,21 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     line = error_line(run_script("study.py", "--from-results", "nowhere", cwd=tmp_path, check=False))
     assert line == "error: --from-results nowhere: no study.json there (a folder written by study.py --results)"
 
-    # a new method measured against this study (--against): its seed trains and plays beside the study's 6
-    # populations, itself and the 2 references; the study's files and its methods' numbers stay as they were
+    # a new method measured against this study (--against): its seed trains and plays beside the study's 5
+    # populations (mappo's third seed among them), itself and the 2 references; the study's files and its
+    # methods' numbers stay as they were
     before = {name: (res / name).read_bytes() for name in ("crossplay_episodes.csv", "results.md", "study.json")}
-    against = ["--out", "mine", "--results", "mine_res", "--against", "res", *flags[4:], "--methods", "new=mappo"]
+    against = ["--out", "mine", "--results", "mine_res", "--against", "res", *flags[4:-2], "--methods", "new=mappo"]
     against[against.index("--seeds") + 1 : against.index("--seeds") + 3] = ["1"]
     mine = run_script("study.py", *against, cwd=tmp_path, timeout=600)
-    assert "training 1 run(s)" in mine.stdout and "cross-play: 9 (focal, background) pair(s)" in mine.stdout
+    assert "training 1 run(s)" in mine.stdout and "cross-play: 8 (focal, background) pair(s)" in mine.stdout
     assert {name: (res / name).read_bytes() for name in before} == before
     assert set(pd.read_csv(tmp_path / "mine_res" / "crossplay_episodes.csv").focal) == {"new__seed1"}
     table = (tmp_path / "mine_res" / "results.md").read_text()
     assert "Measured against the study in `res` (--against)" in table and "| new | 1 |" in table
 
     def estimates(text, method):  # the point estimates of a method's row of the main table
-        row = next(line for line in text.splitlines() if line.startswith(f"| {method} | 3 |"))
+        row = next(line for line in text.splitlines() if re.match(rf"\| {method} \| \d \|", line))
         return re.findall(r"(-?\d+\.\d+) \[", row)
 
     for method in ("mappo", "bidist_mappo"):
