@@ -135,13 +135,14 @@ def seeds_by_method(seeds, seeds_of, methods):
     for spec in seeds_of:
         label, _, listed = spec.partition("=")
         try:
-            given[label] = [int(seed) for seed in listed.split(",")]
+            listed = [int(seed) for seed in listed.split(",")]
         except ValueError:
             raise SystemExit(f"error: --seeds-of {spec!r}: write LABEL=SEED,SEED,... (e.g. bidist_mappo=1,2,3,4,5)") from None
         if label not in by_method:
             raise SystemExit(f"error: --seeds-of {spec!r}: no method labelled {label!r} (--methods: {', '.join(by_method)})")
-        if [s.partition("=")[0] for s in seeds_of].count(label) > 1:
+        if label in given:
             raise SystemExit(f"error: --seeds-of names {label} twice; give all its seeds in one {label}=SEED,SEED,...")
+        given[label] = listed
     by_method.update(given)
     for label, listed in by_method.items():
         if len(set(listed)) < len(listed):
