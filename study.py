@@ -355,9 +355,22 @@ def mean_and_range(values, digits="{:.2f}"):
     return mean if len(values) == 1 else f"{mean} ({low} to {high})"
 
 
+def mean_interval_and_range(values):
+    """'mean [low, high] (min to max)': the mean, its 95% t-interval and the range of several values (nan
+    dropped); `mean_and_range` of fewer than two."""
+    values = np.array(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return mean_and_range(values)
+    half = eval_scenarios.confidence_interval(values)
+    mean = values.mean()
+    return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] ({values.min():.2f} to {values.max():.2f})"
+
+
 def training_summary(runs, results=None):
-    """Per method, the mean over its seeds (and the seeds' range) of the return over the last 10% of training
-    and of each of its own scalars' statistics (`training_row`), from the runs' own logs, or for a run known
+    """Per method, the mean over its seeds of the return over the last 10% of training with its 95% t-interval
+    and range over the seeds, and each of its own scalars' statistics (`training_row`) as the mean over seeds
+    (range), from the runs' own logs, or for a run known
     only from its export in `results`, from the statistics exported with it; markdown, or '' when no run has
     either."""
     per_method = {}
@@ -376,7 +389,7 @@ def training_summary(runs, results=None):
         return ""
     lines = [f"| method | seeds | {RETURN_COLUMN} |", "|---|---|---|"]
     lines += [
-        f"| {method} | {len(rows)} | {mean_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
+        f"| {method} | {len(rows)} | {mean_interval_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
         for method, rows in per_method.items()
     ]
     own = [
@@ -1592,7 +1605,10 @@ if __name__ == "__main__":
     diagnostics = own_scalars_through_training(logs, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate)
     if training:
         with open(f"{args.out}/training.md", "w") as f:
-            f.write(f"# Training logs: {args.substrate}\n\nper method, mean over seeds (range)\n\n{training}\n")
+            f.write(
+                f"# Training logs: {args.substrate}\n\n"
+                f"per method, mean over seeds [95% t-interval over seeds] (range)\n\n{training}\n"
+            )
             if curves:
                 f.write(
                     f"\n## Learning curves\n\nthe trained slots' return per player over each tenth of training, "

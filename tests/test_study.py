@@ -387,8 +387,8 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
     assert lines[:3] == [
         "| method | seeds | return (trained slots), last 10% |",
         "|---|---|---|",
-        "| mine | 2 | 4.50 (3.00 to 6.00) |",
-    ]  # the last 10% of steps (> 270): 3 and 6
+        "| mine | 2 | 4.50 [-14.56, 23.56] (3.00 to 6.00) |",
+    ]  # the last 10% of steps (> 270): 3 and 6; 4.5 +- t(0.975, 1 dof) 12.706 x sd 2.121 / sqrt(2)
     assert lines[6:] == [
         "| method | scalar | last 10% | minimum | final |",
         "|---|---|---|---|---|",
