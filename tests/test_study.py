@@ -397,6 +397,15 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
     ]
 
 
+def test_trained_return_interval_is_a_t_interval_over_the_seeds_that_have_one():
+    from study import mean_interval_and_range
+
+    # 1, 2, 3: mean 2, sd 1, t(0.975, 2 dof) 4.303 / sqrt(3) = 2.48; a run with no return (nan) is left out
+    assert mean_interval_and_range([1.0, np.nan, 3.0, 2.0]) == "2.00 [-0.48, 4.48] (1.00 to 3.00)"
+    assert mean_interval_and_range([5.0, np.nan]) == "5.00"  # one seed: no interval, no range
+    assert mean_interval_and_range([np.nan]) == "-"
+
+
 def test_progress_of_a_running_run_comes_from_its_own_log(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
