@@ -305,6 +305,7 @@ def train_all(runs, args, runner):
 
 RETURN_TAG = "charts/episodic_return"  # the contract: every script's trained slots' per-player episode return
 RETURN_COLUMN = "return (trained slots), last 10%"
+WALL_COLUMN = "wall time per run, hours"
 SHARED_NAMESPACES = ("charts", "losses", "players")  # what every script logs; any other namespace is a method's own
 OWN_STATISTICS = ("last 10%", "minimum", "final")
 
@@ -345,6 +346,20 @@ def run_scalars(run_dir, tags=None):
     }
 
 
+def run_wall_time(run_dir):
+    """Hours a run's training took: per TensorBoard event file (one per process: a resumed run writes
+    another), the time from its first logged value to its last, summed, so that the pauses between sessions
+    count for nothing; nan when none was logged."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    seconds = np.nan
+    for path in glob.glob(f"{run_dir}/events.out.tfevents.*"):
+        times = [event.wall_time for event in EventFileLoader(path).Load() if event.summary.value]
+        if times:
+            seconds = np.nansum([seconds, max(times) - min(times)])
+    return seconds / 3600
+
+
 def mean_and_range(values, digits="{:.2f}"):
     """'mean' of one value, 'mean (min to max)' of several, '-' of none (nan dropped), each as `digits` writes it."""
     values = np.array(values, dtype=float)
@@ -379,6 +394,7 @@ def training_summary(runs, results=None):
         exported = exported_file(run, results, "summary.json")
         if checkpoint is not None:
             row = training_row(run_scalars(os.path.dirname(checkpoint)))
+            row[WALL_COLUMN] = run_wall_time(os.path.dirname(checkpoint))
         elif exported and os.path.exists(exported):
             with open(exported) as f:
                 row = {k: np.nan if v is None else v for k, v in json.load(f)["training"].items()}
@@ -387,9 +403,10 @@ def training_summary(runs, results=None):
         per_method.setdefault(run.method.label, []).append(row)
     if not per_method:
         return ""
-    lines = [f"| method | seeds | {RETURN_COLUMN} |", "|---|---|---|"]
+    lines = [f"| method | seeds | {RETURN_COLUMN} | {WALL_COLUMN} |", "|---|---|---|---|"]
     lines += [
-        f"| {method} | {len(rows)} | {mean_interval_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} |"
+        f"| {method} | {len(rows)} | {mean_interval_and_range([row.get(RETURN_COLUMN, np.nan) for row in rows])} | "
+        f"{mean_and_range([row.get(WALL_COLUMN, np.nan) for row in rows])} |"
         for method, rows in per_method.items()
     ]
     own = [
@@ -592,6 +609,7 @@ def export_run(run, args):
     with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
         commands = [line[2:].strip() for line in f if line.startswith("$ ")]
     row = training_row(scalars)
+    row[WALL_COLUMN] = run_wall_time(os.path.dirname(run.checkpoint()))
     utils.save_json(
         f"{out}/summary.json",
         {
@@ -1607,7 +1625,9 @@ if __name__ == "__main__":
         with open(f"{args.out}/training.md", "w") as f:
             f.write(
                 f"# Training logs: {args.substrate}\n\n"
-                f"per method, mean over seeds [95% t-interval over seeds] (range)\n\n{training}\n"
+                "per method: the return, mean over seeds [95% t-interval over seeds] (range); the wall time of a "
+                "run's training (its processes' time from first to last logged value: pauses between sessions "
+                f"left out), mean over seeds (range)\n\n{training}\n"
             )
             if curves:
                 f.write(

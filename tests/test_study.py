@@ -375,19 +375,20 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
         run = Run(Method("mine", "bidist_mappo", ()), seed, str(tmp_path / f"mine__seed{seed}"))
         fake_checkpoint(f"{run.directory}/runs/x/checkpoint.pt", iteration=3)
         writer = SummaryWriter(f"{run.directory}/runs/x")
+        clock = lambda step: 4.5 * seed * step  # noqa: E731  (a log from 100 to 300 steps: 0.25 h or 0.5 h)
         for step, ratio in zip([100, 200, 300], ratios):
-            writer.add_scalar("anything/ratio", ratio, step)  # a namespace no code here knows
-            writer.add_scalar("charts/episodic_return", seed * step / 100, step)  # 1, 2, 3 or 2, 4, 6
-            writer.add_scalar("losses/entropy", 1.0, step)  # shared namespaces are not a method's own
-        writer.add_scalar("anything/late", 5.0, 100)  # logged only before the last 10% of this run's steps
-        writer.add_scalar("anything/late", 1.0 * seed, 250)
+            writer.add_scalar("anything/ratio", ratio, step, walltime=clock(step))  # a namespace no code here knows
+            writer.add_scalar("charts/episodic_return", seed * step / 100, step, walltime=clock(step))  # 1, 2, 3; 2, 4, 6
+            writer.add_scalar("losses/entropy", 1.0, step, walltime=clock(step))  # shared: not a method's own
+        writer.add_scalar("anything/late", 5.0, 100, walltime=clock(100))  # only before the last 10% of the steps
+        writer.add_scalar("anything/late", 1.0 * seed, 250, walltime=clock(250))
         writer.close()
         runs.append(run)
     lines = training_summary(runs).splitlines()
     assert lines[:3] == [
-        "| method | seeds | return (trained slots), last 10% |",
-        "|---|---|---|",
-        "| mine | 2 | 4.50 [-14.56, 23.56] (3.00 to 6.00) |",
+        "| method | seeds | return (trained slots), last 10% | wall time per run, hours |",
+        "|---|---|---|---|",
+        "| mine | 2 | 4.50 [-14.56, 23.56] (3.00 to 6.00) | 0.38 (0.25 to 0.50) |",
     ]  # the last 10% of steps (> 270): 3 and 6; 4.5 +- t(0.975, 1 dof) 12.706 x sd 2.121 / sqrt(2)
     assert lines[6:] == [
         "| method | scalar | last 10% | minimum | final |",
@@ -395,6 +396,21 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
         "| mine | anything/late | - | 1.50 (1.00 to 2.00) | 1.50 (1.00 to 2.00) |",  # minima and final values 1 and 2
         "| mine | anything/ratio | 0.50 (0.40 to 0.60) | 0.30 (0.20 to 0.40) | 0.50 (0.40 to 0.60) |",
     ]
+
+
+def test_wall_time_of_a_resumed_run_leaves_out_the_pause(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from study import run_wall_time
+
+    assert np.isnan(run_wall_time(tmp_path))  # no log
+    for start, end in [(100.0, 400.0), (10_000.0, 10_600.0)]:  # trained 300 s, stopped, resumed for 600 s
+        writer = SummaryWriter(tmp_path)
+        writer.add_scalar("charts/SPS", 1.0, 1, walltime=start)
+        writer.add_scalar("charts/SPS", 1.0, 2, walltime=end)
+        writer.close()
+    assert len(glob.glob(f"{tmp_path}/events.out.tfevents.*")) == 2
+    assert run_wall_time(tmp_path) == pytest.approx(900 / 3600)
 
 
 def test_trained_return_interval_is_a_t_interval_over_the_seeds_that_have_one():
