@@ -4,6 +4,7 @@
 import glob
 import hashlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -274,7 +275,9 @@ def train_all(runs, args, runner):
                 run, _ = running.pop(done.name)
                 where = f" on {done.where}" if done.where else ""
                 if done.returncode == 0:
-                    print(f"{done.name}: finished{where}", flush=True)
+                    hours = run_wall_time(os.path.dirname(run.checkpoint())) if run.checkpoint() else np.nan
+                    took = "" if np.isnan(hours) else f" ({hours:.2f} h of training)"
+                    print(f"{done.name}: finished{where}{took}", flush=True)
                     if args.results:
                         export_run(run, args)
                 else:
@@ -336,6 +339,9 @@ def run_scalars(run_dir, tags=None):
     """{tag: (steps, values)} of the tags (default: all) a run's TensorBoard log holds."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # a resumed run logs again the steps after its last checkpoint: the later values replace the earlier
+    # ones, as they should, with a warning per run that says nothing to a user
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
     found = set(events.Tags()["scalars"])
@@ -994,8 +1000,10 @@ def crossplay(populations, backgrounds, args, runner=None, wanted=None):
             results[focal, name] = played[focal, name] = pair
             utils.save_json(cache, {"key": key, "episodes": pair})
 
+    start = time.time()
     try:
         (runner or cluster.Local()).episodes(jobs, num_workers, "cross-play", record)
+        print(f"cross-play: {len(jobs)} episode(s) played in {(time.time() - start) / 60:.1f} minutes", flush=True)
     except KeyboardInterrupt:
         raise SystemExit("interrupted: finished pairs are saved; the same command continues the study") from None
     finally:

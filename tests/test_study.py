@@ -473,6 +473,8 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path):
     ):
         assert (out / name).exists(), name
     assert "| mappo | 2 |" in first.stdout and "| bidist_mappo | 2 |" in first.stdout
+    assert re.search(r"^mappo__seed1: finished \(0\.\d\d h of training\)$", first.stdout, re.M)  # the time it took
+    assert re.search(r"^cross-play: \d+ episode\(s\) played in \d+\.\d minutes$", first.stdout, re.M)
     pairs = pd.read_csv(out / "crossplay.csv")
     assert len(pairs) == 4 * (4 + 2) and set(pairs.background) >= {RANDOM, UNTRAINED}
     space = pd.read_csv(out / "policy_space.csv")
