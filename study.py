@@ -93,6 +93,10 @@ class Args:
     populations play beside each of its populations, and every method's held-out return is its return beside
     them alone. Its runs are not trained and its pairs not played again, and its own numbers do not change,
     so a new method is measured against a published study"""
+    all_pairs: bool = False
+    """with --against: also play this study's populations beside each other, and the yardstick's beside
+    them, so that the held-out-by-background-method table has a column for every method (held-out itself stays
+    the return beside the yardstick); the pairs grow with the square of the populations"""
 
 
 @dataclass(frozen=True)
@@ -1098,6 +1102,12 @@ def summarise_reference(episodes, samples, rng):
     return (float(episodes.mean()), *np.percentile(draws, [2.5, 97.5]).tolist())
 
 
+def played_beside(episodes, rows, columns):
+    """Whether every population of `rows` played beside every other one of `columns` (--against plays
+    only some pairs unless --all-pairs)."""
+    return not any(np.isnan(episodes[r, c]).any() for r in rows for c in columns if r != c)
+
+
 def statistics(populations, results, args, pool=None):
     """The study's numbers: the cross-play matrix and, per method, the summaries of the table. `pool` (--against:
     the yardstick's population names) are the backgrounds that held-out means; default: every population. A
@@ -1111,7 +1121,6 @@ def statistics(populations, results, args, pool=None):
         raise ValueError("a pair the statistics draw from was not played")  # crossplay returns every pair it is asked
     rng = np.random.default_rng(args.seed)
     methods = list(dict.fromkeys(p.method for p in populations))
-    in_pool = [m for m in methods if any(populations[c].method == m for c in columns)]
     summary = {}
     for method in methods:
         rows = [i for i, p in enumerate(populations) if p.method == method]
@@ -1119,17 +1128,13 @@ def statistics(populations, results, args, pool=None):
         if len(populations) > 1:
             entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng, columns))
         if len(methods) > 1:  # held-out beside each method's runs alone (its own method: its other seeds)
+            by_method = {other: [i for i, p in enumerate(populations) if p.method == other] for other in methods}
             entry["held_out_by_method"] = {
                 other: summarise_method(
-                    episodes,
-                    rows,
-                    np.arange(len(names)),
-                    args.bootstrap_samples,
-                    rng,
-                    columns=[i for i, p in enumerate(populations) if p.method == other],
+                    episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng, columns=backgrounds
                 )["held_out"]
-                for other in in_pool
-                if other != method or len(rows) > 1
+                for other, backgrounds in by_method.items()
+                if (other != method or len(rows) > 1) and played_beside(episodes, rows, backgrounds)
             }
         for reference in (RANDOM, UNTRAINED):
             if (names[rows[0]], reference) in results:
@@ -1208,14 +1213,16 @@ def markdown_differences(summary):
     return "\n".join(lines)
 
 
-def markdown_by_population(populations, results):
+def markdown_by_population(populations, results, pool=None):
     """One row per focal population: its mean return beside itself, beside the populations it never met
-    (every episode of those pairs pooled), and beside each reference, each +- the half-width of a 95%
-    Student-t interval over the episodes: which seeds learned, and whose held-out returns differ."""
+    (every episode of those pairs pooled; `pool`, --against: beside the yardstick's alone), and beside each
+    reference, each +- the half-width of a 95% Student-t interval over the episodes: which seeds learned, and
+    whose held-out returns differ."""
     names = [p.name for p in populations]
+    strangers = pool or names
     columns = [
         ("self-play", lambda f, b: b == f),
-        ("held-out (never met)", lambda f, b: b in names and b != f),
+        ("held-out (never met)", lambda f, b: b in strangers and b != f),
         ("vs uniform random", lambda f, b: b == RANDOM),
         ("vs untrained", lambda f, b: b == UNTRAINED),
     ]
@@ -1233,9 +1240,10 @@ def markdown_by_population(populations, results):
     return "\n".join(lines)
 
 
-def write_outputs(populations, backgrounds, results, matrix, summary, args):
+def write_outputs(populations, backgrounds, results, matrix, summary, args, pool=None):
     """OUT/results.md (the table), crossplay.csv (one row per pair), crossplay.json (matrix, summary,
-    every episode), crossplay_heatmap.png and methods.png. Returns the table."""
+    every episode), crossplay_heatmap.png and methods.png. `pool`: the names of the --against study's
+    populations. Returns the table."""
     import pandas as pd
 
     table = markdown_table(summary, args)
@@ -1247,7 +1255,8 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
             f"[95% bootstrap interval over seeds, backgrounds and episodes]\n\n"
             + (
                 f"Measured against the study in `{args.against}` (--against): held-out is the return beside its "
-                f"populations alone, which this study's populations never met; its own numbers are its study's.\n\n"
+                f"populations alone, which this study's populations never met; its own numbers are its study's."
+                + (" Every other pair was played too (--all-pairs).\n\n" if getattr(args, "all_pairs", False) else "\n\n")
                 if getattr(args, "against", None)
                 else ""
             )
@@ -1266,7 +1275,7 @@ def write_outputs(populations, backgrounds, results, matrix, summary, args):
             )
         f.write(
             f"\n## Per population\n\nmean ± half-width of a 95% t-interval over the episodes (episodes)\n\n"
-            f"{markdown_by_population(populations, results)}\n"
+            f"{markdown_by_population(populations, results, pool)}\n"
         )
     rows = []
     for focal in populations:
@@ -1537,6 +1546,10 @@ def check_study(args):
         raise SystemExit("error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray")
     if args.num_untrained < 0:
         raise SystemExit(f"error: --num-untrained must be >= 0, got {args.num_untrained}")
+    if args.all_pairs and not args.against:
+        raise SystemExit(
+            "error: --all-pairs plays every pair of a study measured --against another; without --against every pair is played"
+        )
     if args.against and args.results and os.path.realpath(args.against) == os.path.realpath(args.results):
         raise SystemExit(f"error: --against {args.against} is this study's own --results; measure against another study")
     if args.reference is not None and args.reference[1] <= args.reference[0]:
@@ -1684,11 +1697,12 @@ if __name__ == "__main__":
     met = {p.name for p in pool} | {RANDOM, UNTRAINED}
 
     def wanted(focal, background):  # --against: the yardstick's pairs, and each new population beside it and itself
-        return not pool or background in met or background == focal.name
+        return not pool or args.all_pairs or background in met or background == focal.name
 
     results = crossplay(populations + pool, backgrounds, args, None if args.from_results else runner, wanted)
-    matrix, summary = statistics(populations + pool, results, args, [p.name for p in pool] or None)
-    table = write_outputs(populations + pool, backgrounds, results, matrix, summary, args)
+    yardstick = [p.name for p in pool] or None
+    matrix, summary = statistics(populations + pool, results, args, yardstick)
+    table = write_outputs(populations + pool, backgrounds, results, matrix, summary, args, yardstick)
     print(f"\n{table}\n")
     if len(summary) > 1:
         print(f"held-out by background method:\n{markdown_by_method(summary)}\n")

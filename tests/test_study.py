@@ -32,6 +32,7 @@ from study import (
     external_population,
     held_out_mask,
     interval,
+    markdown_by_population,
     parse_method,
     run_status,
     seeds_by_method,
@@ -250,6 +251,31 @@ def test_against_a_yardstick_held_out_is_beside_its_populations_alone(tmp_path):
     assert set(summary["new"]["held_out_by_method"]) == {"y"}
     difference = summary["new"]["held_out_minus"]["y"]
     assert difference[0] == pytest.approx(beside_pool - summary["y"]["held_out"][0]) and difference[1] > 0
+
+
+def test_against_with_all_pairs_fills_held_out_by_method_and_leaves_held_out_beside_the_yardstick():
+    """--against --all-pairs: every pair is played, so each method gets a held-out return beside every
+    method's runs (beside the new method's: computed by hand here), while held-out itself, the paired
+    difference and the per-population held-out column stay the return beside the yardstick alone."""
+    populations = [Population("new", s, f"n{s}.pt") for s in (1, 2)] + [Population("y", s, f"y{s}.pt") for s in (1, 2, 3)]
+    names = [p.name for p in populations]
+    pool = names[2:]
+    results = {(f, b): [1.0, 3.0] for f in pool for b in pool}  # beside the yardstick: 2
+    results |= {(f, b): [5.0, 7.0] for f in names[:2] for b in pool + [f]}  # the new method beside it: 6
+    results |= {("new__seed1", "new__seed2"): [20.0, 20.0], ("new__seed2", "new__seed1"): [30.0, 30.0]}
+    results |= {(f, b): [-4.0, -4.0] for f in pool for b in names[:2]}  # the yardstick beside the new method
+    args = SimpleNamespace(num_episodes=2, seed=1, bootstrap_samples=200, reference=None)
+    _, summary = statistics(populations, results, args, pool)
+    assert summary["new"]["held_out"][0] == pytest.approx(6.0) and summary["y"]["held_out"][0] == pytest.approx(2.0)
+    assert summary["new"]["held_out_minus"]["y"][0] == pytest.approx(4.0)
+    by_method = {m: {b: v[0] for b, v in summary[m]["held_out_by_method"].items()} for m in summary}
+    assert by_method == {"new": {"new": pytest.approx(25.0), "y": pytest.approx(6.0)}, "y": {"new": -4.0, "y": 2.0}}
+    _, partial = statistics(
+        populations, {k: v for k, v in results.items() if not (k[0] in pool and k[1] in names[:2])}, args, pool
+    )
+    assert set(partial["y"]["held_out_by_method"]) == {"y"}, "a background method not played beside every row"
+    rows = {line.split(" | ")[0]: line for line in markdown_by_population(populations, results, pool).splitlines()}
+    assert "| 6.00 ± " in rows["| new__seed1"] and "| -4.00 ± " not in rows["| y__seed1"]
 
 
 def test_against_refuses_a_yardstick_it_cannot_be_measured_beside_in_one_line(tmp_path):
@@ -599,6 +625,11 @@ def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp
         (["--against", "nowhere"], "error: --against nowhere: no study.json there (a folder written by study.py --results)"),
         (["--ray-gpus", "0.5"], "error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray"),
         (
+            ["--all-pairs"],
+            "error: --all-pairs plays every pair of a study measured --against another; without --against every "
+            "pair is played",
+        ),
+        (
             ["--ray", "auto", "--ray-gpus", "-1"],
             "error: --ray-gpus must be at least 0 (a share of a GPU per training run), got -1",
         ),
@@ -773,6 +804,14 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     shutil.rmtree(tmp_path / "mine")
     regenerated = run_script("study.py", "--from-results", "mine_res", cwd=tmp_path)
     assert "cross-play:" not in regenerated.stdout and (tmp_path / "mine_res" / "results.md").read_text() == table
+    # --all-pairs: the study's 5 populations play beside the new one too (its other pairs are all played)
+    every = run_script("study.py", *against, "--all-pairs", cwd=tmp_path, timeout=600)
+    assert "cross-play: 5 (focal, background) pair(s)" in every.stdout
+    table = (tmp_path / "mine_res" / "results.md").read_text()
+    assert "Every other pair was played too (--all-pairs)" in table
+    assert {name: (res / name).read_bytes() for name in before} == before
+    by_method = table.split("## Held-out by background method")[1].split("##")[0]
+    assert re.search(r"\| mappo \| .+ \| .+ \| -?\d+\.\d+ \[", by_method), "mappo's row has a value beside new"
     clash = run_script("study.py", *against[:-1], "mappo", cwd=tmp_path, check=False)
     assert error_line(clash) == (
         "error: --methods mappo: the --against study res has a method of that label; label yours apart "
@@ -879,8 +918,6 @@ def test_own_scalars_through_training_average_each_tenth_per_method(tmp_path):
 
 
 def test_per_population_rows_pool_each_populations_episodes(tmp_path):
-    from study import markdown_by_population
-
     populations, backgrounds, results, args = synthetic_study(tmp_path)
     table = markdown_by_population(populations, results).splitlines()
     assert table[0] == "| population | self-play | held-out (never met) | vs uniform random | vs untrained |"
