@@ -1121,14 +1121,13 @@ def statistics(populations, results, args, pool=None):
         raise ValueError("a pair the statistics draw from was not played")  # crossplay returns every pair it is asked
     rng = np.random.default_rng(args.seed)
     methods = list(dict.fromkeys(p.method for p in populations))
+    by_method = {m: [i for i, p in enumerate(populations) if p.method == m] for m in methods}
     summary = {}
-    for method in methods:
-        rows = [i for i, p in enumerate(populations) if p.method == method]
+    for method, rows in by_method.items():
         entry = {"focal_seeds": len(rows)}
         if len(populations) > 1:
             entry.update(summarise_method(episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng, columns))
         if len(methods) > 1:  # held-out beside each method's runs alone (its own method: its other seeds)
-            by_method = {other: [i for i, p in enumerate(populations) if p.method == other] for other in methods}
             entry["held_out_by_method"] = {
                 other: summarise_method(
                     episodes, rows, np.arange(len(names)), args.bootstrap_samples, rng, columns=backgrounds
@@ -1146,8 +1145,7 @@ def statistics(populations, results, args, pool=None):
             entry["held_out_normalised"] = tuple((v - low) / (high - low) for v in entry["held_out"])
         summary[method] = entry
     if len(methods) > 1:
-        rows = {m: [i for i, p in enumerate(populations) if p.method == m] for m in methods}
-        for (a, b), difference in held_out_differences(episodes, rows, args.bootstrap_samples, rng, columns).items():
+        for (a, b), difference in held_out_differences(episodes, by_method, args.bootstrap_samples, rng, columns).items():
             summary[a].setdefault("held_out_minus", {})[b] = difference
     return matrix, summary
 

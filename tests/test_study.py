@@ -810,8 +810,11 @@ def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_p
     table = (tmp_path / "mine_res" / "results.md").read_text()
     assert "Every other pair was played too (--all-pairs)" in table
     assert {name: (res / name).read_bytes() for name in before} == before
-    by_method = table.split("## Held-out by background method")[1].split("##")[0]
-    assert re.search(r"\| mappo \| .+ \| .+ \| -?\d+\.\d+ \[", by_method), "mappo's row has a value beside new"
+    section = table.split("## Held-out by background method")[1].split("\n## ")[0]
+    by_method = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    header = next(cells for cells in by_method if cells[0] == "focal / background")
+    mappo = next(cells for cells in by_method if cells[0] == "mappo")
+    assert re.match(r"-?\d+\.\d+ \[", mappo[header.index("new")]), "mappo's row has a value beside new"
     clash = run_script("study.py", *against[:-1], "mappo", cwd=tmp_path, check=False)
     assert error_line(clash) == (
         "error: --methods mappo: the --against study res has a method of that label; label yours apart "
