@@ -48,7 +48,8 @@ class Args:
     """flags for every training run, before each method's own (e.g. "--num-envs 16")"""
     runs: list[str] = field(default_factory=list)
     """populations trained elsewhere, added to the study: checkpoints or run directories, optionally
-    `label=path` (default label: the run's exp_name)"""
+    `label=path` (default label: the run's exp_name); one exported by another study (RESULTS/runs/NAME/
+    population.pt) brings the pairs that study played of it (RESULTS/crossplay_episodes.csv)"""
     parallel: Optional[int] = None
     """training runs at a time (default: one per core; with --ray, as many as the cluster's free CPUs take)"""
     threads: Optional[int] = None
@@ -922,7 +923,7 @@ def untrained_checkpoints(out, substrate, like, count):
     return paths
 
 
-def crossplay(populations, backgrounds, args, runner=None, wanted=None):
+def crossplay(populations, backgrounds, args, runner=None, wanted=None, elsewhere=()):
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
@@ -933,10 +934,12 @@ def crossplay(populations, backgrounds, args, runner=None, wanted=None):
     --num-episodes plays only those it lacks (episode i has the same seed either way); a call with fewer
     episodes uses the first ones, and the files keep every episode played. `wanted(focal, background name)`
     (default: every pair) picks the pairs; with --against, the yardstick's own pairs are read from its
-    crossplay_episodes.csv, and not copied to this study's."""
+    crossplay_episodes.csv, and not copied to this study's; the pairs of the exported studies in `elsewhere`
+    (where --runs populations come from) are, as this study's own."""
     scenario = f"{args.substrate}__background_{args.num_focal}_focal"
     committed = committed_episodes(getattr(args, "results", None))
     inherited = committed_episodes(getattr(args, "against", None))
+    sources = [committed, *(committed_episodes(results) for results in elsewhere), inherited]
     results, todo, keys, ids = {}, [], {}, {}
     played = {}  # (focal, background) -> every episode known of the pair: what the files keep
 
@@ -956,7 +959,7 @@ def crossplay(populations, backgrounds, args, runner=None, wanted=None):
                 "seed": args.seed,
                 "num_focal": args.num_focal,
             }
-            found = [pairs[focal.name, name] for pairs in (committed, inherited) if (focal.name, name) in pairs]
+            found = [pairs[focal.name, name] for pairs in sources if (focal.name, name) in pairs]
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
@@ -1679,6 +1682,8 @@ if __name__ == "__main__":
     names = [p.name for p in populations + pool]
     if len(set(names)) < len(names):
         raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")
+    exported = {os.path.dirname(os.path.dirname(os.path.dirname(p.checkpoint))) for p in populations[len(runs) :]}
+    elsewhere = sorted(d for d in exported if os.path.exists(f"{d}/crossplay_episodes.csv") and d != args.results)
     if args.results and not args.from_results and args.runs:  # populations trained elsewhere are exported too
         external = populations[len(runs) :]
         for i, p in enumerate(external):
@@ -1697,7 +1702,7 @@ if __name__ == "__main__":
     def wanted(focal, background):  # --against: the yardstick's pairs, and each new population beside it and itself
         return not pool or args.all_pairs or background in met or background == focal.name
 
-    results = crossplay(populations + pool, backgrounds, args, None if args.from_results else runner, wanted)
+    results = crossplay(populations + pool, backgrounds, args, None if args.from_results else runner, wanted, elsewhere)
     yardstick = [p.name for p in pool] or None
     matrix, summary = statistics(populations + pool, results, args, yardstick)
     table = write_outputs(populations + pool, backgrounds, results, matrix, summary, args, yardstick)

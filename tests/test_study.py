@@ -641,6 +641,20 @@ def test_bad_input_gets_one_line_errors(tmp_path, flags, expected):
     assert expected in result.stderr.strip().splitlines()[-1]
 
 
+def play_counting(monkeypatch):
+    """Replaces the episodes with a counter: the list it returns names the pair of every episode played, and
+    episode k (counting from 1 over every call) returns k."""
+    played = []
+
+    def play(jobs, num_workers, desc, record, **kwargs):
+        for i, (description, _) in enumerate(jobs):
+            played.append(description.split(" episode")[0])
+            record(i, {"focal_per_capita_return": float(len(played))})
+
+    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    return played
+
+
 def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch):
     """A pair is played once: found again with --out relative or absolute, and from --results alone once
     OUT's cache is gone; a checkpoint that changed makes exactly its pairs play again."""
@@ -654,14 +668,7 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
         args = SimpleNamespace(out=out, substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1, results=results)
         return populations, {p.name: (p.checkpoint,) for p in populations}, args
 
-    played = []
-
-    def play(jobs, num_workers, desc, record, **kwargs):
-        for i, (description, _) in enumerate(jobs):
-            played.append(description.split(" episode")[0])
-            record(i, {"focal_per_capita_return": float(len(played))})
-
-    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    played = play_counting(monkeypatch)
     first = crossplay(*study("out", results="res"))
     assert len(first) == 4 and len(played) == 8
     played.clear()
@@ -675,6 +682,35 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
     assert sorted(set(played)) == ["m__seed1 vs m__seed1", "m__seed1 vs m__seed2", "m__seed2 vs m__seed1"]
     assert again["m__seed2", "m__seed2"] == first["m__seed2", "m__seed2"]
     assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
+
+
+def test_runs_exported_by_another_study_bring_the_pairs_it_played_of_them(tmp_path, monkeypatch):
+    """A population exported by study A and added to study B with --runs plays none of the pairs A played of
+    it (same bytes, same backgrounds): B finds them in A's crossplay_episodes.csv and writes them to its own;
+    a pair whose background changed since is played again."""
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        os.makedirs(f"out/{run}")
+        torch.save({"global_step": 7, "run": run}, f"out/{run}/checkpoint.pt")
+    populations = [Population("m", seed, f"out/{run}/checkpoint.pt") for seed, run in ((1, "a"), (2, "b"))]
+    backgrounds = {p.name: (p.checkpoint,) for p in populations}
+
+    def args(results):
+        return SimpleNamespace(
+            out="out", substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1, results=results
+        )
+
+    played = play_counting(monkeypatch)
+    first = crossplay(populations, backgrounds, args("study_a"))
+    shutil.rmtree("out/crossplay")
+    played.clear()
+    assert crossplay(populations, backgrounds, args("study_b"), elsewhere=["study_a"]) == first and played == []
+    assert len(pd.read_csv("study_b/crossplay_episodes.csv")) == 8, "B's own file holds them: B regenerates alone"
+    torch.save({"global_step": 8, "run": "b"}, "out/b/checkpoint.pt")  # trained further
+    os.remove("study_b/crossplay_episodes.csv")
+    again = crossplay(populations, backgrounds, args("study_b"), elsewhere=["study_a"])
+    assert sorted(set(played)) == ["m__seed1 vs m__seed2", "m__seed2 vs m__seed1", "m__seed2 vs m__seed2"]
+    assert again["m__seed1", "m__seed1"] == first["m__seed1", "m__seed1"]
 
 
 def test_more_episodes_a_pair_play_only_the_missing_ones_and_fewer_lose_none(tmp_path, monkeypatch):
