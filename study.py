@@ -691,7 +691,11 @@ def committed_episodes(results):
     if not path or not os.path.exists(path):
         return {}
     pairs = {}
-    for (focal, background), rows in pd.read_csv(path, keep_default_na=False).groupby(["focal", "background"], sort=False):
+    # the returns as text, parsed by Python's float(): exact on every pandas (older ones' fast parser is off by an
+    # ulp or two, and a study continued there would rewrite every committed episode's last digits)
+    table = pd.read_csv(path, keep_default_na=False, dtype={"focal_per_capita_return": str})
+    table["focal_per_capita_return"] = [float(v) for v in table.focal_per_capita_return]
+    for (focal, background), rows in table.groupby(["focal", "background"], sort=False):
         first = rows.iloc[0]
         key = {
             "focal": [focal, first.focal_id],

@@ -751,6 +751,39 @@ def test_more_episodes_a_pair_play_only_the_missing_ones_and_fewer_lose_none(tmp
     assert again == two and len(pd.read_csv("res/crossplay_episodes.csv")) == 6
 
 
+def test_committed_returns_read_back_exactly_on_a_pandas_whose_float_parser_is_not(tmp_path, monkeypatch):
+    """crossplay_episodes.csv's returns are parsed by Python, not by pandas: an older pandas (a lent machine's)
+    parses some decimals an ulp off, and a study continued there rewrote every committed episode's last digits
+    (892 rows of results/pure_coordination_2m_main). Here pandas' float parsing is made an ulp off on purpose."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("out/a")
+    torch.save({"global_step": 7}, "out/a/checkpoint.pt")
+    populations = [Population("m", 1, "out/a/checkpoint.pt")]
+    backgrounds = {"m__seed1": ("out/a/checkpoint.pt",)}
+    args = SimpleNamespace(out="out", substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1, results="res")
+    returns = [14.239683094683095, 11.391523754023753]  # what such a parser read as ...096 and ...751
+
+    def play(jobs, num_workers, desc, record, **kwargs):
+        for i in range(len(jobs)):
+            record(i, {"focal_per_capita_return": returns[i]})
+
+    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    crossplay(populations, backgrounds, args)
+    read_csv = pd.read_csv
+
+    def ulp_off(*a, **k):
+        table = read_csv(*a, **k)
+        for column in table.select_dtypes("float").columns:
+            table[column] = np.nextafter(table[column].to_numpy(), np.inf)
+        return table
+
+    monkeypatch.setattr(pd, "read_csv", ulp_off)
+    shutil.rmtree("out/crossplay")
+    assert crossplay(populations, backgrounds, args) == {("m__seed1", "m__seed1"): returns}
+    monkeypatch.setattr(pd, "read_csv", read_csv)
+    assert read_csv("res/crossplay_episodes.csv").focal_per_capita_return.tolist() == returns, "rewritten as they were"
+
+
 @pytest.mark.slow
 def test_a_study_exported_to_results_regenerates_from_it_alone_and_extends(tmp_path):
     """--results holds every finished run's population (data only, float16, under 1 MB), its binned log and
