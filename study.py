@@ -511,7 +511,7 @@ def learning_curves(curves, total, path, title, points=10):
         ax.plot((edges[:-1] + edges[1:]) / 2, mean, color=f"C{m}", linewidth=2.5, label=method)
     ax.set_xlabel("env steps")
     ax.set_ylabel("return per player (trained slots)")
-    ax.set_title(f"{title}: learning curves (thin: seeds, binned; thick: mean over seeds per tenth)", fontsize=9)
+    ax.set_title(f"{title}: learning curves\n(thin: seeds, binned; thick: mean over seeds per tenth)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -573,7 +573,9 @@ CURVE_BINS = 100  # rows of an exported run's training.csv
 
 def exported_file(run, results, name):
     """The path of the file `name` in `run`'s export: under --results (`results`), or under the folder of the
-    other study it belongs to (`run.results`, --against); None without either."""
+    other study it belongs to (`run.results`, --against); beside an ExternalRun's population; None without either."""
+    if isinstance(run, ExternalRun):
+        return f"{os.path.dirname(run.path)}/{name}"
     folder = run.results or results
     return folder and f"{folder}/runs/{run.name}/{name}"
 
@@ -613,26 +615,51 @@ def export_run(run, args):
     episodes a later call plays on another machine are of the same network."""
     out = f"{args.results}/runs/{run.name}"
     checkpoint = export_population(run.checkpoint(), f"{out}/population.pt")
-    scalars = run_scalars(os.path.dirname(run.checkpoint()))
-    utils.write_atomically(
-        f"{out}/training.csv", "w", lambda f: binned_curves(scalars, checkpoint["global_step"]).to_csv(f, index=False)
-    )
     with open(f"{run.directory}/train.log") if os.path.exists(f"{run.directory}/train.log") else open(os.devnull) as f:
         commands = [line[2:].strip() for line in f if line.startswith("$ ")]
+    export_training(run.checkpoint(), checkpoint["global_step"], out, run, commands)
+    print(f"{run.name}: exported to {out}/", flush=True)
+
+
+def export_training(checkpoint, global_step, out, run, commands=()):
+    """Writes the training log of `run` (a Run or an ExternalRun) beside its population in `out`: training.csv
+    and summary.json, from the log beside its training `checkpoint`."""
+    scalars = run_scalars(os.path.dirname(checkpoint))
+    utils.write_atomically(f"{out}/training.csv", "w", lambda f: binned_curves(scalars, global_step).to_csv(f, index=False))
     row = training_row(scalars)
-    row[WALL_COLUMN] = run_wall_time(os.path.dirname(run.checkpoint()))
+    row[WALL_COLUMN] = run_wall_time(os.path.dirname(checkpoint))
     utils.save_json(
         f"{out}/summary.json",
         {
-            "name": run.name,
+            "name": f"{run.method.label}__seed{run.seed}",
             "method": run.method.label,
             "seed": run.seed,
-            "global_step": checkpoint["global_step"],
+            "global_step": global_step,
             "commands": list(dict.fromkeys(portable(command) for command in commands)),
             "training": {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()},
         },
     )
-    print(f"{run.name}: exported to {out}/", flush=True)
+
+
+def export_external(run, out):
+    """Exports a --runs population (`run`, an ExternalRun) to `out`, a folder of this study's --results/runs/, with
+    its training where there is one: from the log beside a training checkpoint, or the training.csv and
+    summary.json exported beside a population (relabelled as this study knows it). Returns the population's
+    new path; what is there already stays."""
+    to = f"{out}/population.pt"
+    if not os.path.exists(to):
+        export_population(run.path, to)
+    if not os.path.exists(f"{out}/summary.json"):
+        if run.checkpoint():
+            export_training(run.path, utils.load_checkpoint(run.path, "--runs")["global_step"], out, run)
+        elif os.path.exists(exported_file(run, None, "summary.json")):
+            with open(exported_file(run, None, "summary.json")) as f:
+                summary = json.load(f)
+            summary.update(name=f"{run.method.label}__seed{run.seed}", method=run.method.label, seed=run.seed)
+            if os.path.exists(exported_file(run, None, "training.csv")):
+                shutil.copyfile(exported_file(run, None, "training.csv"), f"{out}/training.csv")
+            utils.save_json(f"{out}/summary.json", summary)
+    return to
 
 
 def portable(command):
@@ -818,6 +845,20 @@ class Population:
     @property
     def name(self):
         return f"{self.method}__seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class ExternalRun:
+    """The training behind a --runs population, as training.md reads it (like a Run): the TensorBoard log beside
+    a training checkpoint, or the summary.json and training.csv exported beside a population.pt (by another
+    study, or copied into this one's --results with it); left out of training.md where it has neither."""
+
+    method: Method
+    seed: int
+    path: str
+
+    def checkpoint(self):
+        return self.path if glob.glob(f"{os.path.dirname(self.path)}/events.out.tfevents.*") else None
 
 
 def external_population(spec):
@@ -1631,6 +1672,23 @@ if __name__ == "__main__":
                 f"error: --methods {clash[0]}: the --against study {args.against} has a method of that label; label "
                 f"yours apart (label=script ...), or add seeds to it with that study's own command"
             )
+    external = [external_population(spec) for spec in args.runs]  # before any training: a wrong --runs fails at once
+    clash = sorted({p.method for p in external} & {p.method for p in pool})
+    if clash:
+        raise SystemExit(
+            f"error: --runs labelled {clash[0]}: the --against study has a method of that label; label yours apart"
+        )
+    external_runs = []  # their training, for training.md, where a log or an export of it sits beside them
+    for p in external:
+        saved = utils.load_checkpoint(p.checkpoint, "--runs")
+        if saved["substrate"] != args.substrate:
+            raise SystemExit(
+                f"error: --runs {p.checkpoint} was trained on {saved['substrate']}, not --substrate {args.substrate}"
+            )
+        external_runs.append(ExternalRun(Method(p.method, saved["algorithm"], ()), p.seed, p.checkpoint))
+    names = [r.name for r in runs] + [p.name for p in external + pool]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")
     if args.from_results:
         missing = [run.name for run in runs if not exported_population(run, args)]
         if missing:
@@ -1643,8 +1701,8 @@ if __name__ == "__main__":
         if isinstance(runner, cluster.OnRay):
             print(runner.description, flush=True)
         train_all(runs, args, runner)
-    training = training_summary(runs + pool_runs, args.results)
-    logs = method_curves(runs + pool_runs, args.results)
+    training = training_summary(runs + external_runs + pool_runs, args.results)
+    logs = method_curves(runs + external_runs + pool_runs, args.results)
     curves = learning_curves(logs, args.total_timesteps, f"{args.out}/learning_curves.png", args.substrate)
     diagnostics = own_scalars_through_training(logs, args.total_timesteps, f"{args.out}/diagnostics.png", args.substrate)
     if training:
@@ -1673,27 +1731,12 @@ if __name__ == "__main__":
 
     # with --results, a run's population is its export, the network every later call will play
     populations = [Population(r.method.label, r.seed, exported_population(r, args) or r.checkpoint()) for r in runs]
-    populations += [external_population(spec) for spec in args.runs]
-    clash = sorted({p.method for p in populations[len(runs) :]} & {p.method for p in pool})
-    if clash:
-        raise SystemExit(
-            f"error: --runs labelled {clash[0]}: the --against study has a method of that label; label yours apart"
-        )
-    for p in populations:
-        substrate = utils.load_checkpoint(p.checkpoint, "--runs")["substrate"]
-        if substrate != args.substrate:
-            raise SystemExit(f"error: --runs {p.checkpoint} was trained on {substrate}, not --substrate {args.substrate}")
-    names = [p.name for p in populations + pool]
-    if len(set(names)) < len(names):
-        raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")
+    populations += external
     exported = {os.path.dirname(os.path.dirname(os.path.dirname(p.checkpoint))) for p in populations[len(runs) :]}
     elsewhere = sorted(d for d in exported if os.path.exists(f"{d}/crossplay_episodes.csv") and d != args.results)
     if args.results and not args.from_results and args.runs:  # populations trained elsewhere are exported too
-        external = populations[len(runs) :]
-        for i, p in enumerate(external):
-            to = f"{args.results}/runs/{p.name}/population.pt"
-            if not os.path.exists(to):
-                export_population(p.checkpoint, to)
+        for i, (p, run) in enumerate(zip(external, external_runs)):
+            to = export_external(run, f"{args.results}/runs/{p.name}")
             external[i] = populations[len(runs) + i] = Population(p.method, p.seed, to)
     backgrounds = {p.name: (p.checkpoint,) for p in populations + pool}
     backgrounds[RANDOM] = ("uniform_random",)

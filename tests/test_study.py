@@ -24,11 +24,16 @@ from test_mappo import error_line
 import cluster
 from study import (
     RANDOM,
+    RETURN_COLUMN,
     UNTRAINED,
+    WALL_COLUMN,
+    ExternalRun,
     Method,
     Population,
     Run,
     crossplay,
+    export_external,
+    export_population,
     external_population,
     held_out_mask,
     interval,
@@ -424,6 +429,45 @@ def test_training_table_reads_each_runs_log_and_every_own_namespace(tmp_path):
     ]
 
 
+def test_runs_added_with_runs_bring_their_training_to_training_md_and_to_the_export(tmp_path):
+    """--runs: the summary.json and training.csv another study exported beside a population, or the log beside a
+    training checkpoint, give the population's method its row in training.md; exporting it to this study's
+    --results carries them along, relabelled, so that --from-results keeps the row. A population with neither
+    has no row."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    weights = {"actor": {"w": torch.ones(2)}, "substrate": "coins"}
+    fake_checkpoint(
+        f"{tmp_path}/d/runs/x/checkpoint.pt", iteration=3, args={"seed": 2, "downsample": True, "hidden_size": 8}, **weights
+    )
+    writer = SummaryWriter(f"{tmp_path}/d/runs/x")
+    for step in [100, 200, 300]:  # 36 minutes from the first value to the last: 0.6 h
+        writer.add_scalar("charts/episodic_return", step / 100, step, walltime=1000 + 10.8 * (step - 100))
+    writer.close()
+    exported = f"{tmp_path}/a/runs/bidist_mappo__seed1"
+    export_population(f"{tmp_path}/d/runs/x/checkpoint.pt", f"{exported}/population.pt")
+    with open(f"{exported}/summary.json", "w") as f:
+        json.dump({"name": "bidist_mappo__seed1", "method": "bidist_mappo", "seed": 1, "training": {RETURN_COLUMN: 7.0}}, f)
+    with open(f"{exported}/training.csv", "w") as f:
+        f.write("step_start,step_end,charts/episodic_return\n0,300,7.0\n")
+    from_export = ExternalRun(Method("default", "bidist_mappo", ()), 1, f"{exported}/population.pt")
+    from_log = ExternalRun(Method("mine", "mappo", ()), 2, f"{tmp_path}/d/runs/x/checkpoint.pt")
+    rows = training_summary([from_export, from_log]).splitlines()[2:4]
+    assert rows == ["| default | 1 | 7.00 | - |", "| mine | 1 | 3.00 | 0.60 |"]
+
+    moved = [export_external(run, f"{tmp_path}/b/runs/{run.method.label}__seed{run.seed}") for run in (from_export, from_log)]
+    with open(f"{tmp_path}/b/runs/default__seed1/summary.json") as f:
+        assert json.load(f) == {"name": "default__seed1", "method": "default", "seed": 1, "training": {RETURN_COLUMN: 7.0}}
+    with open(f"{tmp_path}/b/runs/mine__seed2/summary.json") as f:
+        summary = json.load(f)
+    assert summary["training"][RETURN_COLUMN] == 3.0 and summary["training"][WALL_COLUMN] == pytest.approx(0.6)
+    assert pd.read_csv(f"{tmp_path}/b/runs/default__seed1/training.csv")["charts/episodic_return"].tolist() == [7.0]
+    again = [ExternalRun(run.method, run.seed, path) for run, path in zip((from_export, from_log), moved)]
+    assert training_summary(again).splitlines()[2:4] == rows, "the export keeps the rows (--from-results)"
+    os.remove(f"{tmp_path}/b/runs/mine__seed2/summary.json")
+    assert training_summary(again[1:]) == "", "no log and no export: no row"
+
+
 def test_wall_time_of_a_resumed_run_leaves_out_the_pause(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -593,13 +637,13 @@ def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp
     the study waiting for the whole run (found: a study stopped as its next run started waited on it)."""
     monkeypatch.setattr(cluster, "INTERRUPT_AGAIN_S", 0.5)
     starting = (
-        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(1); "
-        "signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(600)"
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ignoring', flush=True); "
+        "time.sleep(1); signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(600)"
     )
-    process = subprocess.Popen([sys.executable, "-c", starting], stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-c", starting], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     local = cluster.Local()
     local.running["mappo__seed2"] = (None, open(tmp_path / "train.log", "w"), process)
-    time.sleep(0.2)  # the child is ignoring SIGINT
+    assert process.stdout.readline() == b"ignoring\n"  # the child ignores SIGINT now (on a busy machine, not 0.2 s after)
     stopper = threading.Thread(target=local.interrupt, daemon=True)
     stopper.start()
     stopper.join(timeout=60)
@@ -622,6 +666,7 @@ def test_a_run_that_missed_the_interrupt_while_starting_is_interrupted_again(tmp
             "error: --substrate 'clean_upp' is not a Melting Pot substrate; close matches: clean_up",
         ),
         (["--reference", "2", "1"], "error: --reference MIN MAX needs MIN < MAX, got 2.0 1.0"),
+        (["--runs", "nowhere.pt"], "error: --runs nowhere.pt: no such file"),  # before any training
         (["--against", "nowhere"], "error: --against nowhere: no study.json there (a folder written by study.py --results)"),
         (["--ray-gpus", "0.5"], "error: --ray-gpus asks a Ray cluster for GPUs: it needs --ray"),
         (
