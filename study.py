@@ -646,18 +646,18 @@ def export_external(run, out):
     its training where there is one: from the log beside a training checkpoint, or the training.csv and
     summary.json exported beside a population (relabelled as this study knows it). Returns the population's
     new path; what is there already stays."""
-    to = f"{out}/population.pt"
+    to, beside = f"{out}/population.pt", os.path.dirname(run.path)
     if not os.path.exists(to):
         export_population(run.path, to)
     if not os.path.exists(f"{out}/summary.json"):
         if run.checkpoint():
             export_training(run.path, utils.load_checkpoint(run.path, "--runs")["global_step"], out, run)
-        elif os.path.exists(exported_file(run, None, "summary.json")):
-            with open(exported_file(run, None, "summary.json")) as f:
+        elif os.path.exists(f"{beside}/summary.json"):
+            with open(f"{beside}/summary.json") as f:
                 summary = json.load(f)
             summary.update(name=f"{run.method.label}__seed{run.seed}", method=run.method.label, seed=run.seed)
-            if os.path.exists(exported_file(run, None, "training.csv")):
-                shutil.copyfile(exported_file(run, None, "training.csv"), f"{out}/training.csv")
+            if os.path.exists(f"{beside}/training.csv"):
+                shutil.copyfile(f"{beside}/training.csv", f"{out}/training.csv")
             utils.save_json(f"{out}/summary.json", summary)
     return to
 
@@ -861,15 +861,18 @@ class ExternalRun:
         return self.path if glob.glob(f"{os.path.dirname(self.path)}/events.out.tfevents.*") else None
 
 
-def external_population(spec):
-    """`[label=]path` of --runs (a checkpoint or a run directory) -> Population, or a one-line error."""
+def external_population(spec, substrate):
+    """`[label=]path` of --runs (a checkpoint or a run directory) trained on `substrate` -> its ExternalRun, or a
+    one-line error."""
     label, _, path = spec.partition("=") if "=" in spec and not os.path.exists(spec) else (None, None, spec)
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
-    saved = utils.load_checkpoint(path, "--runs")["args"]
-    if not isinstance(saved.get("seed"), int) or not isinstance(label or saved.get("exp_name"), str):
+    saved = utils.load_checkpoint(path, "--runs")
+    if not isinstance(saved["args"].get("seed"), int) or not isinstance(label or saved["args"].get("exp_name"), str):
         raise SystemExit(f"error: --runs {path} records no seed or exp_name in its args")
-    return Population(label or saved["exp_name"], saved["seed"], path)
+    if saved["substrate"] != substrate:
+        raise SystemExit(f"error: --runs {path} was trained on {saved['substrate']}, not --substrate {substrate}")
+    return ExternalRun(Method(label or saved["args"]["exp_name"], saved["algorithm"], ()), saved["args"]["seed"], path)
 
 
 # what a yardstick study must share with the one measured against it: a pair is known by the first four (its
@@ -1672,20 +1675,15 @@ if __name__ == "__main__":
                 f"error: --methods {clash[0]}: the --against study {args.against} has a method of that label; label "
                 f"yours apart (label=script ...), or add seeds to it with that study's own command"
             )
-    external = [external_population(spec) for spec in args.runs]  # before any training: a wrong --runs fails at once
+    # before any training, so that a wrong --runs fails at once; with their training, for training.md, where a log
+    # or an export of it sits beside them
+    external_runs = [external_population(spec, args.substrate) for spec in args.runs]
+    external = [Population(run.method.label, run.seed, run.path) for run in external_runs]
     clash = sorted({p.method for p in external} & {p.method for p in pool})
     if clash:
         raise SystemExit(
             f"error: --runs labelled {clash[0]}: the --against study has a method of that label; label yours apart"
         )
-    external_runs = []  # their training, for training.md, where a log or an export of it sits beside them
-    for p in external:
-        saved = utils.load_checkpoint(p.checkpoint, "--runs")
-        if saved["substrate"] != args.substrate:
-            raise SystemExit(
-                f"error: --runs {p.checkpoint} was trained on {saved['substrate']}, not --substrate {args.substrate}"
-            )
-        external_runs.append(ExternalRun(Method(p.method, saved["algorithm"], ()), p.seed, p.checkpoint))
     names = [r.name for r in runs] + [p.name for p in external + pool]
     if len(set(names)) < len(names):
         raise SystemExit(f"error: two populations are named {max(names, key=names.count)}; label --runs apart with label=path")

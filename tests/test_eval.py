@@ -211,7 +211,7 @@ def test_a_crafted_checkpoint_runs_no_code_on_any_load_path(tmp_path, cooking_ch
         assert "evil.pt holds objects other than tensors and plain values (io.open)" in error_line(result)
         assert not marker.exists(), script
     with pytest.raises(SystemExit, match="--runs .*evil.pt holds objects other than tensors"):
-        study.external_population(str(evil))
+        study.external_population(str(evil), "coins")
     assert not marker.exists()
 
 

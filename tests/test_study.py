@@ -144,11 +144,14 @@ def test_runs_trained_elsewhere_join_by_checkpoint_or_directory(tmp_path):
         ),
         f"{tmp_path}/a/checkpoint.pt",
     )
-    assert external_population(f"{tmp_path}/a") == Population("bidist_mappo", 4, f"{tmp_path}/a/checkpoint.pt")
-    labelled = external_population(f"mine={tmp_path}/a/checkpoint.pt")
-    assert labelled.name == "mine__seed4" and labelled.checkpoint == f"{tmp_path}/a/checkpoint.pt"
+    path = f"{tmp_path}/a/checkpoint.pt"
+    assert external_population(f"{tmp_path}/a", "coins") == ExternalRun(Method("bidist_mappo", "mappo", ()), 4, path)
+    labelled = external_population(f"mine={path}", "coins")
+    assert labelled.method.label == "mine" and labelled.seed == 4 and labelled.path == path
     with pytest.raises(SystemExit, match=r"error: --runs .*/b: no such file"):
-        external_population(f"{tmp_path}/b")
+        external_population(f"{tmp_path}/b", "coins")
+    with pytest.raises(SystemExit, match=r"error: --runs .*/a/checkpoint.pt was trained on coins, not --substrate clean_up$"):
+        external_population(f"{tmp_path}/a", "clean_up")
 
 
 def test_the_held_out_set_never_holds_the_focal_run():
