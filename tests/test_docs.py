@@ -26,6 +26,11 @@
      Melting Pot's list (its flags still parse).
    Commands in inline code in the prose are not checked; pages show every command a reader should run in a
    fenced block.
+
+3. `test_readme_links_resolve_on_github`: README.md is read on GitHub, outside the site, so the strict build
+   does not see its links: each relative link must name a file of the repository, and its `#anchor` a heading
+   of that file as GitHub spells it (`github_anchor`: lower case, punctuation dropped, each space a hyphen, so
+   "A study: `--against`" is `a-study---against`, where the site would say `a-study-against`).
 """
 
 import contextlib
@@ -193,6 +198,32 @@ def problems(where, facts, names):
     return [f"{where}: {p}" for p in found]
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a markdown heading: its text (code spans, emphasis and links reduced to their
+    words) in lower case, every character but letters, digits, `_`, `-` and spaces dropped, spaces to `-`."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = re.sub(r"[`*]", "", text).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def headings(path):
+    """GitHub's anchors of the headings of `path` outside fenced blocks (a repeated one gets -1, -2, ...)."""
+    anchors, fence = [], None
+    with open(path) as f:
+        for line in f:
+            match = FENCE.match(line)
+            if match and (fence is None or match.group(2).startswith(fence)):
+                fence = match.group(2) if fence is None else None
+            elif fence is None and HEADING.match(line):
+                anchor = github_anchor(HEADING.match(line).group(1))
+                anchors.append(anchor if anchor not in anchors else f"{anchor}-{anchors.count(anchor)}")
+    return anchors
+
+
 def all_commands(history):
     """[(where, script, argv, commit, copies)] over every page, today's (history False) or the history blocks'."""
     found = []
@@ -259,3 +290,23 @@ def test_history_commands_parse_at_their_commit(melting_pot_names, tmp_path):
     assert not failures, "history commands that their commit's scripts do not take:\n" + "\n".join(failures)
     if missing:
         pytest.skip(f"git has no commit {', '.join(missing)} here (a shallow clone?): their commands were not parsed")
+
+
+def test_readme_links_resolve_on_github():
+    assert github_anchor("A new method against a published study: `--against`") == (
+        "a-new-method-against-a-published-study---against"
+    )
+    assert github_anchor("An adaptive `p` on coins (issue 30)") == "an-adaptive-p-on-coins-issue-30"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        links = [(number, target) for number, line in enumerate(f, 1) for target in LINK.findall(line)]
+    relative = [(number, target) for number, target in links if not re.match(r"[a-z]+:", target)]
+    assert len(relative) > 10, "the README links fewer pages than expected: is the link pattern broken?"
+    broken = []
+    for number, target in relative:
+        path, _, anchor = target.partition("#")
+        file = os.path.join(ROOT, path) if path else os.path.join(ROOT, "README.md")
+        if not os.path.exists(file):
+            broken.append(f"README.md:{number}: {target}: no such file")
+        elif anchor and anchor not in headings(file):
+            broken.append(f"README.md:{number}: {target}: {path or 'README.md'} has no heading GitHub calls #{anchor}")
+    assert not broken, "README links that GitHub does not resolve:\n" + "\n".join(broken)
