@@ -975,9 +975,9 @@ def crossplay(populations, backgrounds, args, runner=None, wanted=None, elsewher
     """Focal per-capita returns of every (focal population, background) pair: {(focal, background):
     [episode returns]}. `backgrounds` maps a name to the checkpoints a background slot samples from.
     A pair's episodes are cached in OUT/crossplay/{focal}__vs__{background}.json as soon as they are
-    all done, so an interrupted evaluation continues where it stopped; with --results, every pair's
-    episodes are also written to its crossplay_episodes.csv at the end, and the pairs found there are
-    not played again. A pair is keyed by the two populations' names and their bytes (`identity`): a
+    all done, so an interrupted evaluation continues where it stopped; with --results, they are also
+    written to its crossplay_episodes.csv then (a commit at any time holds every finished pair), and the
+    pairs found there are not played again. A pair is keyed by the two populations' names and their bytes (`identity`): a
     checkpoint trained further since makes its pairs stale. A pair played with fewer episodes than
     --num-episodes plays only those it lacks (episode i has the same seed either way); a call with fewer
     episodes uses the first ones, and the files keep every episode played. `wanted(focal, background name)`
@@ -1054,6 +1054,8 @@ def crossplay(populations, backgrounds, args, runner=None, wanted=None, elsewher
         if all(r is not None for r in pair):
             results[focal, name] = played[focal, name] = pair
             utils.save_json(cache, {"key": key, "episodes": pair})
+            if getattr(args, "results", None):  # at once: a study killed or its machine lost keeps it in git's reach
+                write_committed_episodes(args.results, keys, played)
 
     start = time.time()
     try:

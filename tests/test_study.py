@@ -732,6 +732,31 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
     assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
 
 
+def test_a_finished_pair_is_in_crossplay_episodes_csv_before_the_study_ends(tmp_path, monkeypatch):
+    """A long cross-play can be committed while it plays, and a study killed outright (SIGKILL, a lost machine)
+    keeps its finished pairs in --results: each pair is written there when its last episode is in."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("out/a")
+    torch.save({"global_step": 7}, "out/a/checkpoint.pt")
+    populations = [Population("m", 1, "out/a/checkpoint.pt")]
+    backgrounds = {"m__seed1": ("out/a/checkpoint.pt",), "other": ("out/a/checkpoint.pt",)}
+    args = SimpleNamespace(out="out", substrate="coins", num_focal=1, seed=1, num_episodes=2, num_workers=1, results="res")
+    seen = []
+
+    def play(jobs, num_workers, desc, record, **kwargs):
+        for i in range(len(jobs)):
+            record(i, {"focal_per_capita_return": float(i)})
+            seen.append(len(pd.read_csv("res/crossplay_episodes.csv")) if os.path.exists("res/crossplay_episodes.csv") else 0)
+        raise SystemExit("error: an evaluation worker died")  # as a dead worker ends the study
+
+    monkeypatch.setattr("eval_scenarios.run_episodes", play)
+    with pytest.raises(SystemExit, match="worker died"):
+        crossplay(populations, backgrounds, args)
+    assert seen == [0, 2, 2, 4], "after each pair's last episode, not before, and not only at the end"
+    committed = pd.read_csv("res/crossplay_episodes.csv")
+    assert committed.focal_per_capita_return.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_runs_exported_by_another_study_bring_the_pairs_it_played_of_them(tmp_path, monkeypatch):
     """A population exported by study A and added to study B with --runs plays none of the pairs A played of
     it (same bytes, same backgrounds): B finds them in A's crossplay_episodes.csv and writes them to its own;
