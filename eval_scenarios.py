@@ -80,7 +80,8 @@ class CheckpointPolicy:
     the LSTM state between steps and samples from the actor's distribution, on `device`. A BiDist
     checkpoint's fictitious population `phi` is not read: focal players are `theta`. The policy
     is stateless apart from the weights, so one instance may play several slots; `close` does
-    nothing. Melting Pot steps the slots in threads, in no fixed order, so each slot samples from
+    nothing. Melting Pot steps the slots in threads, in no fixed order (evaluation steps them inline,
+    step_slots_inline, but a policy does not rely on it), so each slot samples from
     its own random stream: `initial_state` (called in slot order) draws the stream's seed from
     torch's global generator, and the state is (LSTM state, seed, step).
     """
@@ -306,6 +307,34 @@ def run_episodes(jobs, num_workers, desc, on_result, initializer=_init_worker, i
         executor.shutdown(wait=False, cancel_futures=True)
 
 
+class InlineExecutor(concurrent.futures.Executor):
+    """An executor that runs each call at once, in the calling thread, and returns its finished future."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+
+
+def step_slots_inline():
+    """Makes Melting Pot's populations in this process step their slots one after the other in the thread that
+    steps the substrate, instead of each in a thread of its own. An evaluation worker plays one episode at a time
+    on one core, where the threads only cost CPU: 7.16 ms of it per env step of a pure_coordination episode with
+    them, 5.34 ms without (benchmarks/crossplay_episode.py, docs/throughput.md). Each slot samples from its own
+    random stream (CheckpointPolicy), so the order in which the slots step changes no action."""
+    from meltingpot.utils.scenarios import population
+
+    population.concurrent = SimpleNamespace(
+        futures=SimpleNamespace(ThreadPoolExecutor=InlineExecutor, Future=concurrent.futures.Future)
+    )
+
+
 def run_episode(target, seed, checkpoint, device, video_path=None):
     """One episode of `target` with the focal population of `checkpoint`. Seeds `random` (which
     Melting Pot's engine and its background sampling draw from), numpy and torch once the
@@ -321,6 +350,7 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
     from meltingpot.utils.evaluation.video_subject import VideoSubject
     from meltingpot.utils.scenarios.population import Population
 
+    step_slots_inline()
     if target.background:
         factory = custom_factory(mp, target, background)
     else:

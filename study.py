@@ -736,24 +736,24 @@ def committed_episodes(results):
 
 def write_committed_episodes(results, keys, episodes):
     """--results/crossplay_episodes.csv: every episode of every pair in `episodes`, with its pair's key, and
-    the pairs committed before that this call did not play (a call with fewer methods keeps the others')."""
+    the pairs committed before that this call did not play (a call with fewer methods keeps the others'). The
+    committed pairs keep their place and new pairs follow them, so a commit's diff is the pairs it adds."""
     import pandas as pd
 
-    for pair, (key, values) in committed_episodes(results).items():
-        if pair not in episodes:
-            keys, episodes = {**keys, pair: key}, {**episodes, pair: values}
+    pairs = committed_episodes(results)
+    pairs.update({pair: (keys[pair], values) for pair, values in episodes.items()})  # in place where committed
     rows = [
         {
             "focal": pair[0],
             "background": pair[1],
             "episode": i,
             "focal_per_capita_return": value,
-            "focal_id": keys[pair]["focal"][1],
-            "background_ids": "|".join(keys[pair]["background"][1]),
-            "seed": keys[pair]["seed"],
-            "num_focal": keys[pair]["num_focal"],
+            "focal_id": key["focal"][1],
+            "background_ids": "|".join(key["background"][1]),
+            "seed": key["seed"],
+            "num_focal": key["num_focal"],
         }
-        for pair, values in episodes.items()
+        for pair, (key, values) in pairs.items()
         for i, value in enumerate(values)
     ]
     table = pd.DataFrame(rows, columns=EPISODE_COLUMNS)

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -399,6 +400,51 @@ def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
 
 
 @pytest.mark.slow
+def test_episodes_step_every_slot_in_the_thread_that_steps_the_substrate(monkeypatch):
+    """step_slots_inline: Melting Pot's Population steps its slots one after the other in the calling thread
+    (not each in a thread of its own, which costs an evaluation worker a quarter of its CPU time), in slot order,
+    with each slot's state its own, and a policy's error reaches the caller; run_episode makes it so first."""
+    import dm_env
+
+    utils.import_meltingpot()
+    from meltingpot.utils.scenarios.population import Population
+
+    calls = []
+
+    class Recorder:
+        def initial_state(self):
+            return 0
+
+        def step(self, timestep, prev_state):
+            if timestep.observation == "boom":
+                raise ValueError("a policy's error")
+            calls.append((threading.current_thread(), timestep.observation, prev_state))
+            return 10 + prev_state, prev_state + 1
+
+        def close(self):
+            pass
+
+    eval_scenarios.step_slots_inline()
+    population = Population(policies={"r": Recorder()}, names_by_role={"role": ["r"]}, roles=["role", "role"])
+    population.reset()
+    for expected in [(10, 10), (11, 11)]:
+        population.send_timestep(dm_env.restart(["slot 0", "slot 1"])._replace(reward=[0.0, 0.0]))
+        assert population.await_action() == expected
+    assert [(thread, slot) for thread, slot, _ in calls] == [(threading.current_thread(), f"slot {i % 2}") for i in range(4)]
+    assert [state for _, _, state in calls] == [0, 0, 1, 1], "each slot its own state"
+    population.send_timestep(dm_env.restart(["boom", "boom"])._replace(reward=[0.0, 0.0]))
+    with pytest.raises(ValueError, match="a policy's error"):
+        population.await_action()
+    population.close()
+
+    def first(*args):
+        raise RuntimeError("inline first")
+
+    monkeypatch.setattr(eval_scenarios, "step_slots_inline", first)
+    with pytest.raises(RuntimeError, match="inline first"):
+        eval_scenarios.run_episode(Target("x", SUBSTRATE), 1, eval_scenarios.RANDOM_BACKGROUND, "cpu")
+
+
 def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
     """The same --seed gives every episode the same seed and background draw with 1 or 2 workers.
     The returns themselves do not repeat: Melting Pot's engine assigns spawn points in an order

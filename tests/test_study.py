@@ -729,7 +729,10 @@ def test_cached_pairs_are_known_by_content_and_outlive_out(tmp_path, monkeypatch
     again = crossplay(*study("out", results="res"))
     assert sorted(set(played)) == ["m__seed1 vs m__seed1", "m__seed1 vs m__seed2", "m__seed2 vs m__seed1"]
     assert again["m__seed2", "m__seed2"] == first["m__seed2", "m__seed2"]
-    assert len(pd.read_csv("res/crossplay_episodes.csv")) == 8, "the replayed pairs replace their rows"
+    replayed = pd.read_csv("res/crossplay_episodes.csv")
+    assert len(replayed) == 8, "the replayed pairs replace their rows"
+    pairs = [tuple(pair) for pair in replayed[["focal", "background"]].drop_duplicates().values]
+    assert pairs == [(a, b) for a in ("m__seed1", "m__seed2") for b in ("m__seed1", "m__seed2")], "in their places"
 
 
 def test_a_finished_pair_is_in_crossplay_episodes_csv_before_the_study_ends(tmp_path, monkeypatch):
