@@ -45,7 +45,7 @@ def main():
     utils.import_meltingpot()
     from meltingpot.utils.scenarios import population
 
-    threaded = population.concurrent
+    threaded, inline_slots = population.concurrent, eval_scenarios.step_slots_inline
     substrate = utils.load_checkpoint(args.focal, "--focal")["substrate"]
     target = eval_scenarios.Target("benchmark", substrate, (args.background,), 1)
     ways = [("threads", False, True), ("inline", True, True)]
@@ -64,7 +64,7 @@ def main():
     for episode in range(1, args.episodes + 1):
         for name, inline, onednn in ways:
             population.concurrent = threaded  # Melting Pot's own, unless run_episode's step_slots_inline replaces it
-            eval_scenarios.step_slots_inline = step_inline if inline else (lambda: None)
+            eval_scenarios.step_slots_inline = inline_slots if inline else (lambda: None)
             torch.backends.mkldnn.enabled = onednn
             steps.clear()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -87,8 +87,6 @@ def main():
             f"CPU ratio to threads {cpu / env_steps / reference:.2f}"
         )
 
-
-step_inline = eval_scenarios.step_slots_inline
 
 if __name__ == "__main__":
     main()

@@ -399,7 +399,6 @@ def test_no_op_scenario_end_to_end(tmp_path, cooking_checkpoint):
     assert video.get(cv2.CAP_PROP_FRAME_COUNT) > 100 and video.get(cv2.CAP_PROP_FRAME_WIDTH) == 72
 
 
-@pytest.mark.slow
 def test_episodes_step_every_slot_in_the_thread_that_steps_the_substrate(monkeypatch):
     """step_slots_inline: Melting Pot's Population steps its slots one after the other in the calling thread
     (not each in a thread of its own, which costs an evaluation worker a quarter of its CPU time), in slot order,
@@ -445,6 +444,7 @@ def test_episodes_step_every_slot_in_the_thread_that_steps_the_substrate(monkeyp
         eval_scenarios.run_episode(Target("x", SUBSTRATE), 1, eval_scenarios.RANDOM_BACKGROUND, "cpu")
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
     """The same --seed gives every episode the same seed and background draw with 1 or 2 workers.
     The returns themselves do not repeat: Melting Pot's engine assigns spawn points in an order
