@@ -2,6 +2,7 @@
 # population as the focal players of Melting Pot scenarios, scored by focal per-capita return.
 # Docs and an example table: docs/evaluation.md
 import concurrent.futures
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -335,6 +336,21 @@ def step_slots_inline():
     )
 
 
+@contextlib.contextmanager
+def episode_kernels():
+    """The torch kernels an episode's policies run with: oneDNN's off. A policy steps its LSTM one step at a time
+    for one player, where oneDNN costs more than it computes: 0.31 ms a step on one thread against 0.18 ms without
+    it (hidden 128), and a pure_coordination episode takes 4.42 ms of CPU per env step against 5.34 ms
+    (benchmarks/lstm_kernels.py, benchmarks/crossplay_episode.py, docs/throughput.md). Training keeps oneDNN: its
+    update unrolls long sequences, where oneDNN is the faster one. The flag is restored after."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 def run_episode(target, seed, checkpoint, device, video_path=None):
     """One episode of `target` with the focal population of `checkpoint`. Seeds `random` (which
     Melting Pot's engine and its background sampling draw from), numpy and torch once the
@@ -357,7 +373,7 @@ def run_episode(target, seed, checkpoint, device, video_path=None):
         factory = mp.scenario.get_factory(target.name)
     roles = factory.focal_player_roles()
     population = Population(policies={"focal": focal}, names_by_role={role: ["focal"] for role in roles}, roles=roles)
-    with factory.build() as env:
+    with factory.build() as env, episode_kernels():
         if video_path:
             video = VideoSubject(os.path.dirname(video_path), extension="mp4", codec="mp4v")
             video.subscribe(on_next=lambda path: os.replace(path, video_path))

@@ -1,5 +1,6 @@
 """What one cross-play episode costs, with Melting Pot's populations stepping each slot in a thread of its own
-(Melting Pot's default) and stepped inline (`eval_scenarios.step_slots_inline`, what evaluation workers do).
+(Melting Pot's default) and stepped inline (`eval_scenarios.step_slots_inline`), each with torch's oneDNN kernels
+on (torch's default) and off (`eval_scenarios.episode_kernels`). Evaluation plays inline with oneDNN off.
 
     .venv/bin/python benchmarks/crossplay_episode.py
 
@@ -8,11 +9,12 @@ thread, each episode once in each way, alternating (the same seeds both ways), a
 CPU milliseconds (this process's user and system time, its threads included) per env step over all its
 episodes (episodes end at random, so their lengths differ), and the ratio of each way's CPU time to threaded.
 An evaluation worker shares the machine with as many others as it has cores, so CPU time is what sets
-cross-play's throughput; wall time is what one episode alone takes. `--no-onednn` leaves out the two extra
-ways with torch's oneDNN kernels off. Episodes are not replayed bit for bit (Reproducibility), so the returns
+cross-play's throughput; wall time is what one episode alone takes. `--no-onednn` leaves out the two ways
+with oneDNN off. Episodes are not replayed bit for bit (Reproducibility), so the returns
 are printed to show that every way plays the same game, not compared.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -36,7 +38,7 @@ class Args:
     episodes: int = 4
     """episodes played each way"""
     onednn: bool = True
-    """also measure both ways with torch.backends.mkldnn off (--no-onednn: only with it on)"""
+    """also measure both ways with torch's oneDNN kernels off (--no-onednn: only with them on)"""
 
 
 def main():
@@ -45,7 +47,11 @@ def main():
     utils.import_meltingpot()
     from meltingpot.utils.scenarios import population
 
-    threaded, inline_slots = population.concurrent, eval_scenarios.step_slots_inline
+    threaded, inline_slots, onednn_off = (
+        population.concurrent,
+        eval_scenarios.step_slots_inline,
+        eval_scenarios.episode_kernels,
+    )
     substrate = utils.load_checkpoint(args.focal, "--focal")["substrate"]
     target = eval_scenarios.Target("benchmark", substrate, (args.background,), 1)
     ways = [("threads", False, True), ("inline", True, True)]
@@ -65,7 +71,7 @@ def main():
         for name, inline, onednn in ways:
             population.concurrent = threaded  # Melting Pot's own, unless run_episode's step_slots_inline replaces it
             eval_scenarios.step_slots_inline = inline_slots if inline else (lambda: None)
-            torch.backends.mkldnn.enabled = onednn
+            eval_scenarios.episode_kernels = contextlib.nullcontext if onednn else onednn_off
             steps.clear()
             wall, cpu = time.perf_counter(), time.process_time()
             result = eval_scenarios.run_episode(target, episode, args.focal, "cpu")

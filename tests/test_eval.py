@@ -444,6 +444,31 @@ def test_episodes_step_every_slot_in_the_thread_that_steps_the_substrate(monkeyp
         eval_scenarios.run_episode(Target("x", SUBSTRATE), 1, eval_scenarios.RANDOM_BACKGROUND, "cpu")
 
 
+def test_episodes_play_with_onednn_off_and_leave_the_flag_as_it_was(monkeypatch):
+    """episode_kernels: an episode's policies step with torch's oneDNN kernels off (a one-step LSTM at batch 1
+    costs less without them), and the process gets its flag back when the episode ends, even by an error."""
+    utils.import_meltingpot()
+    from meltingpot.utils.evaluation import evaluation
+
+    seen = []
+
+    def play(population, substrate, num_episodes):
+        seen.append(torch.backends.mkldnn.enabled)
+        raise RuntimeError("episode over")
+
+    monkeypatch.setattr(evaluation, "run_and_observe_episodes", play)
+    target = Target("x", SUBSTRATE, (eval_scenarios.RANDOM_BACKGROUND,), 1)
+    for before in [True, False]:
+        torch.backends.mkldnn.enabled = before
+        try:
+            with pytest.raises(RuntimeError, match="episode over"):
+                eval_scenarios.run_episode(target, 1, eval_scenarios.RANDOM_BACKGROUND, "cpu")
+            assert torch.backends.mkldnn.enabled is before
+        finally:
+            torch.backends.mkldnn.enabled = True
+    assert seen == [False, False]
+
+
 @pytest.mark.slow
 def test_same_seed_gives_the_same_episodes_whatever_the_workers(tmp_path):
     """The same --seed gives every episode the same seed and background draw with 1 or 2 workers.
