@@ -339,10 +339,10 @@ def step_slots_inline():
 @contextlib.contextmanager
 def episode_kernels():
     """The torch kernels an episode's policies run with: oneDNN's off. A policy steps its LSTM one step at a time
-    for one player, where oneDNN costs more than it computes: 0.31 ms a step on one thread against 0.18 ms without
-    it (hidden 128), and a pure_coordination episode takes 4.42 ms of CPU per env step against 5.34 ms
-    (benchmarks/lstm_kernels.py, benchmarks/crossplay_episode.py, docs/throughput.md). Training keeps oneDNN: its
-    update unrolls long sequences, where oneDNN is the faster one. The flag is restored after."""
+    for one player, where oneDNN costs more than it computes, and an episode takes about a fifth less CPU without
+    it (docs/throughput.md, "Cross-play episodes": benchmarks/lstm_kernels.py, benchmarks/crossplay_episode.py).
+    Training keeps oneDNN: its update unrolls long sequences, where oneDNN is the faster one. The flag is restored
+    after."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:

@@ -47,11 +47,8 @@ def main():
     utils.import_meltingpot()
     from meltingpot.utils.scenarios import population
 
-    threaded, inline_slots, onednn_off = (
-        population.concurrent,
-        eval_scenarios.step_slots_inline,
-        eval_scenarios.episode_kernels,
-    )
+    threaded = population.concurrent  # Melting Pot's own, and evaluation's two changes, before they are swapped out
+    inline_slots, onednn_off = eval_scenarios.step_slots_inline, eval_scenarios.episode_kernels
     substrate = utils.load_checkpoint(args.focal, "--focal")["substrate"]
     target = eval_scenarios.Target("benchmark", substrate, (args.background,), 1)
     ways = [("threads", False, True), ("inline", True, True)]
