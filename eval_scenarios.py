@@ -326,8 +326,8 @@ class InlineExecutor(concurrent.futures.Executor):
 def step_slots_inline():
     """Makes Melting Pot's populations in this process step their slots one after the other in the thread that
     steps the substrate, instead of each in a thread of its own. An evaluation worker plays one episode at a time
-    on one core, where the threads only cost CPU: 7.16 ms of it per env step of a pure_coordination episode with
-    them, 5.34 ms without (benchmarks/crossplay_episode.py, docs/throughput.md). Each slot samples from its own
+    on one core, where the threads only cost CPU: an episode takes about a fifth less CPU without them
+    (docs/throughput.md, "Cross-play episodes": benchmarks/crossplay_episode.py). Each slot samples from its own
     random stream (CheckpointPolicy), so the order in which the slots step changes no action."""
     from meltingpot.utils.scenarios import population
 
